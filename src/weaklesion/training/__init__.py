@@ -1,0 +1,1 @@
+"""Training from weak labels: configuration, data, objectives, loop, checkpoints."""

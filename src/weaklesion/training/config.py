@@ -1,0 +1,376 @@
+"""Training configuration: one dataclass, read from TOML, written into every run folder.
+
+A configuration names the kind of weak label (``labels``), and everything else follows
+from it by default: the training target, the network and the loss. Every value can be
+overridden from a TOML file or from ``key=value`` strings, and every override is
+type-checked so that a typo fails at once with a one-line error naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from weaklesion.io import atomic_write
+
+LABELS = ("points", "counts", "masks", "masks+counts")
+TARGETS = ("heatmap", "euclidean", "geodesic", "segmentation", "count")
+
+# Which targets each kind of label can train, the first being the default.
+TARGETS_FOR_LABELS = {
+    "points": ("heatmap", "euclidean", "geodesic"),
+    "counts": ("count",),
+    "masks": ("segmentation",),
+    "masks+counts": ("segmentation",),
+}
+CHOICES = {
+    "labels": LABELS,
+    "target": TARGETS,
+    "sigma_units": ("voxels", "mm"),
+    "device": ("auto", "cpu", "cuda"),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run.
+
+    Parameters
+    ----------
+    labels : {"points", "counts", "masks", "masks+counts"}
+        The weak labels to learn from: lesion centres, per-image lesion counts, lesion
+        masks, or masks with the count loss added (multi-task).
+    target : {"heatmap", "euclidean", "geodesic", "segmentation", "count"} or None
+        What the network regresses. None picks the default for ``labels``: heatmap for
+        points, count for counts, segmentation for masks.
+    model : str or None
+        Network name for ``weaklesion.models.build_model``; None picks ``"gpunet"`` for
+        count targets and ``"unet"`` otherwise.
+    model_kwargs : dict
+        Extra network arguments (features/filters, dropout, ...).
+    spatial_dims : {2, 3} or None
+        Image dimensionality; None infers it from the data.
+    sigma : float
+        Standard deviation of the heatmap Gaussians, and the distance scale of the
+        distance-map targets, in ``sigma_units``.
+    sigma_units : {"voxels", "mm"}
+        ``"mm"`` divides ``sigma`` by the dataset's voxel spacing per axis.
+    foreground_weight : float
+        Heatmap MSE weight of voxels where the peak-1 target exceeds
+        ``foreground_threshold`` (1 elsewhere).
+    foreground_threshold : float
+        Target value (on the peak-1 scale) above which a voxel counts as foreground.
+    loss_inside_mask : bool
+        Restrict the heatmap / distance MSE to the dataset's masks where a case has one.
+    positive_weight : float
+        Weight of lesion voxels in the segmentation BCE.
+    count_weight : float
+        Full weight of the count loss in the multi-task objective.
+    count_warmup_epochs : int
+        Epochs of segmentation only (count weight 0) before the count loss starts.
+    count_ramp_epochs : int
+        Epochs over which the count weight then rises linearly to ``count_weight``.
+    max_count : int
+        Highest count with its own bin in the count loss (higher counts share the last).
+    epochs : int
+        Number of training epochs.
+    lr : float
+        Adam learning rate.
+    batch_size : int
+        Images (or patches) per step and per process.
+    patch_size : list of int or None
+        Random patches of this size for large images; None trains on whole images.
+    augment : bool
+        Random flips and a small random affine, applied identically to image and target.
+    seed : int
+        Seed of initialisation, data order, patches, augmentation and dropout.
+    num_threads : int
+        CPU threads for torch (``torch.set_num_threads``).
+    val_fraction : float
+        Fraction of labelled cases held out for validation when the dataset has no split.
+    match_distance : float
+        Largest distance, in ``sigma_units``, at which a validation detection matches a
+        true lesion (detection F1).
+    device : {"auto", "cpu", "cuda"}
+        ``"auto"`` uses CUDA when it is available.
+
+    Examples
+    --------
+    >>> config = TrainConfig(labels="counts")
+    >>> config.target, config.model
+    ('count', 'gpunet')
+    >>> TrainConfig(epochs="ten")
+    Traceback (most recent call last):
+    ...
+    ValueError: epochs: got 'ten' (str); expected int
+    """
+
+    labels: str = "points"
+    target: str | None = None
+    model: str | None = None
+    model_kwargs: dict = field(default_factory=dict)
+    spatial_dims: int | None = None
+    sigma: float = 1.0
+    sigma_units: str = "voxels"
+    foreground_weight: float = 21.0
+    foreground_threshold: float = 0.05
+    loss_inside_mask: bool = False
+    positive_weight: float = 3.0
+    count_weight: float = 1.0
+    count_warmup_epochs: int = 5
+    count_ramp_epochs: int = 5
+    max_count: int = 4
+    epochs: int = 100
+    lr: float = 1e-3
+    batch_size: int = 2
+    patch_size: list[int] | None = None
+    augment: bool = True
+    seed: int = 0
+    num_threads: int = 2
+    val_fraction: float = 0.2
+    match_distance: float = 3.0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for item in dataclasses.fields(self):
+            setattr(self, item.name, _checked(item.name, getattr(self, item.name), hints))
+        for name, choices in CHOICES.items():
+            value = getattr(self, name)
+            if value is not None and value not in choices:
+                raise ValueError(f"{name}: got {value!r}; expected one of {', '.join(choices)}")
+        allowed = TARGETS_FOR_LABELS[self.labels]
+        if self.target is None:
+            self.target = allowed[0]
+        elif self.target not in allowed:
+            raise ValueError(
+                f"target: {self.target!r} cannot be trained from {self.labels!r} labels; "
+                f"expected one of {', '.join(allowed)}"
+            )
+        if self.model is None:
+            self.model = "gpunet" if self.target == "count" else "unet"
+        _check_ranges(self)
+
+
+def _check_ranges(config: TrainConfig) -> None:
+    positive = ("sigma", "lr", "epochs", "batch_size", "num_threads", "match_distance")
+    for name in positive:
+        if not getattr(config, name) > 0:
+            raise ValueError(f"{name}: got {getattr(config, name)!r}; expected a positive value")
+    non_negative = (
+        "foreground_weight",
+        "positive_weight",
+        "count_weight",
+        "count_warmup_epochs",
+        "count_ramp_epochs",
+        "max_count",
+        "seed",
+    )
+    for name in non_negative:
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name}: got {getattr(config, name)!r}; expected a value >= 0")
+    if not 0 <= config.val_fraction < 1:
+        raise ValueError(f"val_fraction: got {config.val_fraction!r}; expected a value in [0, 1)")
+    if config.spatial_dims not in (None, 2, 3):
+        raise ValueError(f"spatial_dims: got {config.spatial_dims!r}; expected 2, 3 or none")
+    if config.patch_size is not None:
+        if config.spatial_dims is not None and len(config.patch_size) != config.spatial_dims:
+            raise ValueError(
+                f"patch_size: got {config.patch_size!r}; expected {config.spatial_dims} sizes"
+            )
+        if any(size <= 0 for size in config.patch_size):
+            raise ValueError(f"patch_size: got {config.patch_size!r}; expected positive sizes")
+
+
+def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) in (types.UnionType, typing.Union):
+        return " or ".join(_type_name(a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return "none"
+    if typing.get_origin(annotation) is list:
+        (item,) = typing.get_args(annotation)
+        return f"list of {_type_name(item)}"
+    return annotation.__name__
+
+
+def _checked(name: str, value: Any, hints: Mapping[str, Any]) -> Any:
+    """Return ``value`` converted to the field's type, or raise a one-line error."""
+    annotation = hints[name]
+    converted = _convert(value, annotation)
+    if converted is _INVALID:
+        raise ValueError(
+            f"{name}: got {value!r} ({type(value).__name__}); expected {_type_name(annotation)}"
+        )
+    return converted
+
+
+_INVALID = object()
+
+
+def _convert(value: Any, annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (types.UnionType, typing.Union):
+        for option in typing.get_args(annotation):
+            converted = _convert(value, option)
+            if converted is not _INVALID:
+                return converted
+        return _INVALID
+    if annotation is type(None):
+        return None if value is None else _INVALID
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        if not isinstance(value, list | tuple):
+            return _INVALID
+        items = [_convert(v, item) for v in value]
+        return _INVALID if any(v is _INVALID for v in items) else items
+    if annotation is dict:
+        return dict(value) if isinstance(value, Mapping) else _INVALID
+    if annotation is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return float(value) if ok else _INVALID
+    if annotation is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _INVALID
+    return value if isinstance(value, annotation) else _INVALID
+
+
+def _parse_value(text: str) -> Any:
+    """A ``key=value`` right-hand side as TOML, falling back to a bare string."""
+    if text.strip().lower() in ("none", "null"):
+        return None
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text.strip()
+
+
+def _parse_overrides(overrides: Mapping[str, Any] | Iterable[str]) -> dict[str, Any]:
+    if isinstance(overrides, Mapping):
+        return dict(overrides)
+    parsed = {}
+    for item in overrides:
+        key, separator, text = item.partition("=")
+        if not separator or not key.strip():
+            raise ValueError(f"override {item!r}: expected key=value")
+        parsed[key.strip()] = _parse_value(text)
+    return parsed
+
+
+def _apply(values: dict[str, Any], updates: Mapping[str, Any], source: str) -> None:
+    names = {item.name for item in dataclasses.fields(TrainConfig)}
+    for key, value in updates.items():
+        name, _, subkey = key.partition(".")
+        if name not in names or (subkey and name != "model_kwargs"):
+            raise ValueError(f"{source}: unknown key {key!r}; expected one of {', '.join(names)}")
+        if subkey:
+            values.setdefault("model_kwargs", {})[subkey] = value
+        else:
+            values[name] = value
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: Mapping[str, Any] | Iterable[str] = (),
+) -> TrainConfig:
+    """Read a training configuration from TOML and apply overrides.
+
+    Parameters
+    ----------
+    path : path or None
+        A TOML file with :class:`TrainConfig` keys at the top level and an optional
+        ``[model_kwargs]`` table; None starts from the defaults.
+    overrides : dict or iterable of "key=value" strings
+        Values that replace the file's. A string value is read as TOML (``epochs=5``,
+        ``patch_size=[16, 32, 32]``, ``labels="counts"``), a bare word as a string and
+        ``none`` as None; ``model_kwargs.NAME=value`` sets one network argument.
+
+    Returns
+    -------
+    TrainConfig
+        The checked configuration, with the defaults that follow from ``labels`` filled in.
+
+    Raises
+    ------
+    ValueError
+        One line naming the key, for an unknown key or a value of the wrong type.
+
+    Examples
+    --------
+    >>> load_config(None, ["labels=masks", "epochs=3", "model_kwargs.dropout=0.1"]).epochs
+    3
+    >>> load_config(None, ["epoch=3"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: overrides: unknown key 'epoch'; expected one of ...
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as handle:
+                from_file = tomllib.load(handle)
+        except tomllib.TOMLDecodeError as error:
+            raise ValueError(f"{path}: not valid TOML ({error})") from None
+        _apply(values, from_file, str(path))
+    _apply(values, _parse_overrides(overrides), "overrides")
+    return TrainConfig(**values)
+
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.match(key) else json.dumps(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        items = (f"{_toml_key(str(k))} = {_toml_value(v)}" for k, v in value.items())
+        return "{" + ", ".join(items) + "}"
+    raise ValueError(f"cannot write {value!r} ({type(value).__name__}) to TOML")
+
+
+def config_to_toml(config: TrainConfig) -> str:
+    """The configuration as TOML text; None values are left out (they are the default).
+
+    Examples
+    --------
+    >>> text = config_to_toml(TrainConfig(model_kwargs={"dropout": 0.1}))
+    >>> parsed = tomllib.loads(text)
+    >>> parsed["labels"], parsed["model_kwargs"]
+    ('points', {'dropout': 0.1})
+    """
+    values = dataclasses.asdict(config)
+    model_kwargs = values.pop("model_kwargs")
+    lines = [f"{key} = {_toml_value(v)}" for key, v in values.items() if v is not None]
+    lines += ["", "[model_kwargs]"]
+    lines += [f"{_toml_key(str(k))} = {_toml_value(v)}" for k, v in model_kwargs.items()]
+    return "\n".join(lines) + "\n"
+
+
+def save_config(config: TrainConfig, path: str | os.PathLike) -> Path:
+    """Write ``config`` as TOML to ``path`` atomically and return the path."""
+    with atomic_write(path, "w", encoding="utf-8") as handle:
+        handle.write(config_to_toml(config))
+    return Path(path)
+
+
+def config_from_dict(values: Mapping[str, Any]) -> TrainConfig:
+    """Rebuild a configuration from ``dataclasses.asdict`` output (as kept in checkpoints)."""
+    known = {item.name for item in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in values.items() if k in known})
