@@ -8,11 +8,23 @@ never leaves a truncated result and never destroys the previous version.
 from __future__ import annotations
 
 import contextlib
+import csv
+import gzip
+import json
+import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
+
+import nibabel
+import numpy as np
+import PIL.Image
+import PIL.PngImagePlugin
+import tifffile
+
+from weaklesion._validation import axis_spacing, check_finite
 
 
 @contextlib.contextmanager
@@ -43,3 +55,604 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Ite
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".npy", ".tiff", ".tif", ".png")
+
+# Where our own TIFF and PNG writers keep the affine (TIFF: the JSON image description).
+_AFFINE_KEY = "affine"
+
+
+def image_suffix(path: str | os.PathLike) -> str:
+    """The image type of ``path`` from its name: one of :data:`IMAGE_SUFFIXES`.
+
+    Examples
+    --------
+    >>> image_suffix("scans/case_0000.NII.GZ")
+    '.nii.gz'
+    """
+    name = Path(path).name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    raise ValueError(f"{path}: unknown image type; expected a name ending in {IMAGE_SUFFIXES}")
+
+
+def spacing_affine(spacing: float | Sequence[float] | None, dims: int) -> np.ndarray:
+    """The ``(dims + 1, dims + 1)`` affine of voxels of size ``spacing`` mm at the origin.
+
+    Examples
+    --------
+    >>> spacing_affine((2.0, 0.5), 2)
+    array([[2. , 0. , 0. ],
+           [0. , 0.5, 0. ],
+           [0. , 0. , 1. ]])
+    """
+    return np.diag([*axis_spacing(spacing, dims, "spacing"), 1.0])
+
+
+def affine_spacing(affine: np.ndarray) -> np.ndarray:
+    """Voxel size in mm along each array axis: the lengths of the affine's columns.
+
+    Examples
+    --------
+    >>> affine_spacing(np.diag([3.0, 1.0, 0.5, 1.0]))
+    array([3. , 1. , 0.5])
+    """
+    affine = np.asarray(affine, dtype=float)
+    return np.linalg.norm(affine[:-1, :-1], axis=0)
+
+
+def _check_affine(affine: np.ndarray, name: str) -> np.ndarray:
+    affine = np.asarray(affine, dtype=float)
+    if affine.ndim != 2 or affine.shape not in ((3, 3), (4, 4)):
+        raise ValueError(f"{name}: has shape {affine.shape}; expected (3, 3) for 2D or (4, 4)")
+    check_finite(affine, name)
+    if abs(np.linalg.det(affine)) < 1e-12:
+        raise ValueError(f"{name}: is singular; expected an invertible voxel-to-world affine")
+    return affine
+
+
+def read_image(
+    path: str | os.PathLike, spacing: float | Sequence[float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read an image and the affine that maps its voxel indices to world coordinates (mm).
+
+    Parameters
+    ----------
+    path : str or path
+        ``.nii`` / ``.nii.gz`` (NIfTI), ``.npy``, ``.tif`` / ``.tiff`` or ``.png``.
+    spacing : float or sequence of D floats, optional
+        Voxel size in mm for files that carry no geometry (``.npy``, and TIFF or PNG not
+        written by :func:`write_image`). Its length also says how many trailing axes of a
+        ``.npy`` array are spatial; ``None`` means every axis is spatial, 1 mm apart.
+        Ignored for files that carry an affine.
+
+    Returns
+    -------
+    array : ndarray
+        ``(*spatial)`` for a single-channel image, ``(C, *spatial)`` for a multi-channel
+        one (RGB/RGBA PNG or TIFF, 4D NIfTI): channels always come first. The dtype is
+        the file's (NIfTI scaling factors are applied).
+    affine : ndarray, shape (D + 1, D + 1)
+        Maps array indices ``(i, j[, k])`` to world mm; ``D`` is the number of spatial
+        axes, so a 2D image has a 3x3 affine and a 3D image a 4x4 one.
+
+    Notes
+    -----
+    Voxel coordinates in this package are array indices. A NIfTI array keeps nibabel's
+    axis order (the file's i, j, k), so the columns z, y, x of a points CSV are simply
+    array axes 0, 1, 2, whatever the scanner orientation, and the NIfTI affine maps them
+    to world (scanner RAS+) mm. A 4D NIfTI is read as channels along its last axis.
+    TIFF and PNG files written by :func:`write_image` keep their affine in their
+    metadata.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "scan.nii.gz"
+    >>> write_image(path, np.zeros((4, 5, 6), np.float32), np.diag([2.0, 1.0, 1.0, 1.0]))
+    >>> array, affine = read_image(path)
+    >>> array.shape, affine.diagonal().tolist()
+    ((4, 5, 6), [2.0, 1.0, 1.0, 1.0])
+    """
+    suffix = image_suffix(path)
+    try:
+        if suffix in (".nii", ".nii.gz"):
+            return _read_nifti(path)
+        if suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+            return array, _geometry(array, None, spacing)
+        if suffix in (".tif", ".tiff"):
+            return _read_tiff(path, spacing)
+        return _read_png(path, spacing)
+    except (OSError, ValueError, EOFError, nibabel.filebasedimages.ImageFileError) as error:
+        if str(path) in str(error):
+            raise
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"{path}: cannot be read as {suffix} ({message})") from error
+
+
+def _geometry(
+    array: np.ndarray, channel_first: bool | None, spacing: float | Sequence[float] | None
+) -> np.ndarray:
+    """Affine from ``spacing`` for an array without geometry of its own."""
+    if spacing is not None and np.ndim(spacing) == 1:
+        dims = len(spacing)
+    else:
+        dims = array.ndim - 1 if channel_first else array.ndim
+    if dims not in (2, 3) or array.ndim not in (dims, dims + 1):
+        raise ValueError(
+            f"has shape {array.shape} and spacing {spacing!r}; expected 2 or 3 spatial "
+            "axes, optionally after one channel axis"
+        )
+    return spacing_affine(spacing, dims)
+
+
+def _read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    image = nibabel.load(path)
+    array = np.asanyarray(image.dataobj)
+    affine = np.asarray(image.affine, dtype=float)
+    if array.ndim == 2:
+        return array, affine[np.ix_([0, 1, 3], [0, 1, 3])]
+    if array.ndim == 4:
+        return np.moveaxis(array, -1, 0), affine
+    if array.ndim != 3:
+        raise ValueError(f"has shape {array.shape}; expected a 2D, 3D or 4D NIfTI image")
+    return array, affine
+
+
+def _read_tiff(
+    path: str | os.PathLike, spacing: float | Sequence[float] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    with tifffile.TiffFile(path) as tiff:
+        array = tiff.asarray()
+        metadata = (tiff.shaped_metadata or ({},))[0]
+        axes = tiff.series[0].axes
+    if _AFFINE_KEY in metadata:
+        affine = _check_affine(metadata[_AFFINE_KEY], f"{path}: affine")
+        return array, affine
+    # A foreign TIFF: samples per pixel (RGB) or a channel axis move to the front.
+    channel_axes = [i for i, axis in enumerate(axes) if axis in "SC"]
+    if len(channel_axes) == 1 and array.ndim == len(axes):
+        array = np.moveaxis(array, channel_axes[0], 0)
+    return array, _geometry(array, bool(channel_axes), spacing)
+
+
+def _read_png(
+    path: str | os.PathLike, spacing: float | Sequence[float] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    with PIL.Image.open(path) as picture:
+        picture.load()
+        text = dict(getattr(picture, "text", {}) or {})
+        array = np.asarray(picture)
+    if array.ndim == 3:
+        array = np.moveaxis(array, -1, 0)
+    if _AFFINE_KEY in text:
+        affine = _check_affine(json.loads(text[_AFFINE_KEY]), f"{path}: affine")
+        return array, affine
+    return array, _geometry(array, array.ndim == 3, spacing)
+
+
+def write_image(
+    path: str | os.PathLike, array: np.ndarray, affine: np.ndarray | None = None
+) -> None:
+    """Write an image atomically, in the format named by the file's suffix.
+
+    Parameters
+    ----------
+    path : str or path
+        ``.nii`` / ``.nii.gz``, ``.npy``, ``.tif`` / ``.tiff`` or ``.png``.
+    array : ndarray
+        ``(*spatial)`` or ``(C, *spatial)`` with ``D`` spatial axes, as
+        :func:`read_image` returns it. NIfTI takes channels only for 3D images; PNG
+        takes 2D images of 1, 3 or 4 channels with integer values in the range of
+        ``uint8`` (or ``uint16`` for one channel).
+    affine : ndarray, shape (D + 1, D + 1), optional
+        Voxel-to-world affine in mm; by default the identity over all axes of ``array``.
+        NIfTI stores it in its header, TIFF and PNG in their metadata; ``.npy`` files
+        carry no geometry and drop it.
+
+    Notes
+    -----
+    Output is deterministic: the same array and affine give the same bytes (gzip
+    streams carry no time stamp), which makes written datasets reproducible.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "mask.png"
+    >>> write_image(path, np.eye(3, dtype=np.uint8), np.diag([0.5, 0.5, 1.0]))
+    >>> array, affine = read_image(path)
+    >>> array.tolist(), affine.diagonal().tolist()
+    ([[1, 0, 0], [0, 1, 0], [0, 0, 1]], [0.5, 0.5, 1.0])
+    """
+    suffix = image_suffix(path)
+    array = np.asarray(array)
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    affine = np.eye(array.ndim + 1) if affine is None else _check_affine(affine, "affine")
+    dims = affine.shape[0] - 1
+    if array.ndim not in (dims, dims + 1):
+        raise ValueError(
+            f"array: has shape {array.shape}; expected {dims} spatial axes for a "
+            f"{affine.shape} affine, optionally after one channel axis"
+        )
+    if suffix in (".nii", ".nii.gz"):
+        payload = _nifti_bytes(array, affine, dims)
+        if suffix == ".nii.gz":
+            payload = gzip.compress(payload, compresslevel=6, mtime=0)
+        with atomic_write(path, "wb") as handle:
+            handle.write(payload)
+    elif suffix == ".npy":
+        with atomic_write(path, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+    elif suffix in (".tif", ".tiff"):
+        with atomic_write(path, "wb") as handle:
+            tifffile.imwrite(
+                handle,
+                array,
+                photometric="minisblack",
+                metadata={_AFFINE_KEY: affine.tolist()},
+            )
+    else:
+        picture = _png_picture(array, dims)
+        info = PIL.PngImagePlugin.PngInfo()
+        info.add_text(_AFFINE_KEY, json.dumps(affine.tolist()))
+        with atomic_write(path, "wb") as handle:
+            picture.save(handle, format="PNG", pnginfo=info)
+
+
+def _nifti_bytes(array: np.ndarray, affine: np.ndarray, dims: int) -> bytes:
+    if dims == 2:
+        if array.ndim != 2:
+            raise ValueError(
+                f"array: has shape {array.shape}; NIfTI holds one channel for 2D images"
+            )
+        full = np.eye(4)
+        full[np.ix_([0, 1, 3], [0, 1, 3])] = affine
+        affine = full
+    elif array.ndim == 4:
+        array = np.moveaxis(array, 0, -1)
+    dtype = array.dtype
+    if dtype.kind in "iu" and dtype.itemsize == 8:
+        dtype = np.dtype(np.int32) if np.abs(array).max(initial=0) < 2**31 else dtype
+    elif dtype == np.float16:
+        dtype = np.dtype(np.float32)
+    image = nibabel.Nifti1Image(np.ascontiguousarray(array), affine, dtype=dtype)
+    image.header.set_xyzt_units("mm")
+    return image.to_bytes()
+
+
+def _png_picture(array: np.ndarray, dims: int) -> PIL.Image.Image:
+    channels = 1 if array.ndim == dims else array.shape[0]
+    if dims != 2 or channels not in (1, 3, 4):
+        raise ValueError(
+            f"array: has shape {array.shape}; PNG holds a 2D image of 1, 3 or 4 channels"
+        )
+    limit = 255 if channels > 1 else 65535
+    if array.dtype.kind not in "iu" or (array.size and (array.min() < 0 or array.max() > limit)):
+        raise ValueError(f"array: has dtype {array.dtype}; PNG expected integers in [0, {limit}]")
+    if channels > 1:
+        return PIL.Image.fromarray(np.moveaxis(array, 0, -1).astype(np.uint8))
+    array = array.reshape(array.shape[-2:])
+    if array.dtype.itemsize == 1 or (array.max(initial=0) <= 255 and array.dtype != np.uint16):
+        return PIL.Image.fromarray(array.astype(np.uint8))
+    return PIL.Image.fromarray(array.astype(np.uint16))
+
+
+POINT_AXES = {2: ("y", "x"), 3: ("z", "y", "x")}
+SPACES = ("voxel", "world")
+
+
+def _csv_records(path: str | os.PathLike, problems: list[str]) -> tuple[list[str], list]:
+    """Header and ``(row number, {column: text})`` records; the header is row 1."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = [column.strip().lower() for column in next(reader, [])]
+            records = []
+            for fields in reader:
+                if not any(field.strip() for field in fields):
+                    continue
+                if len(fields) > len(header):
+                    problems.append(
+                        f"{path}, row {reader.line_num}: has {len(fields)} fields but the "
+                        f"header has {len(header)}"
+                    )
+                    continue
+                padded = fields + [""] * (len(header) - len(fields))
+                row = {c: v.strip() for c, v in zip(header, padded, strict=True)}
+                records.append((reader.line_num, row))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        problems.append(f"{path}: cannot be read ({error})")
+        return [], []
+    return header, records
+
+
+def _number(path, row: int, column: str, text: str, problems: list[str]) -> float | None:
+    where = f"{path}, row {row}, field '{column}'"
+    if not text:
+        problems.append(f"{where}: is empty; expected a number")
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        problems.append(f"{where}: {text!r} is not a number")
+        return None
+    if not math.isfinite(value):
+        problems.append(f"{where}: {text!r} is not a finite number")
+        return None
+    return value
+
+
+def _case_name(path, row: int, record: dict[str, str], problems: list[str]) -> str | None:
+    if not record["case"]:
+        problems.append(f"{path}, row {row}, field 'case': is empty; expected a case id")
+        return None
+    return record["case"]
+
+
+def parse_points_csv(
+    path: str | os.PathLike, affines: Mapping[str, np.ndarray] | None = None
+) -> tuple[dict[str, list[tuple[int, np.ndarray]]], list[str]]:
+    """Points of a CSV by case, with the row each came from, and every problem found.
+
+    The lenient form of :func:`read_points_csv` (same arguments): instead of raising at
+    the first bad row it skips bad rows and returns one message per problem.
+
+    Returns
+    -------
+    points : dict of str to list of (int, ndarray of shape (D,))
+        Row number (the header is row 1) and voxel coordinates of each point, by case;
+        a case named on a row with empty coordinates maps to an empty list.
+    problems : list of str
+        One line per problem, naming the file, row and field.
+    """
+    problems: list[str] = []
+    header, records = _csv_records(path, problems)
+    if not header:
+        return {}, problems
+    dims = 3 if "z" in header else 2
+    axes = POINT_AXES[dims]
+    missing = [column for column in ("case", *axes) if column not in header]
+    if missing:
+        problems.append(
+            f"{path}, row 1: header lacks column {missing[0]!r}; expected columns "
+            f"case, {', '.join(axes)}[, space]"
+        )
+        return {}, problems
+    inverses: dict[str, np.ndarray] = {}
+    points: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for row, record in records:
+        case = _case_name(path, row, record, problems)
+        if case is None:
+            continue
+        texts = [record[axis] for axis in axes]
+        space = record.get("space", "").lower() or "voxel"
+        if space not in SPACES:
+            problems.append(
+                f"{path}, row {row}, field 'space': {record['space']!r} is not a "
+                "coordinate space; expected 'voxel' or 'world'"
+            )
+            continue
+        if not any(texts):
+            points.setdefault(case, [])
+            continue
+        values = [_number(path, row, a, t, problems) for a, t in zip(axes, texts, strict=True)]
+        if any(value is None for value in values):
+            continue
+        point = np.asarray(values, dtype=float)
+        if space == "world":
+            if case not in inverses:
+                affine = None if affines is None else affines.get(case)
+                if affine is None or np.shape(affine) != (dims + 1, dims + 1):
+                    problems.append(
+                        f"{path}, row {row}, field 'space': 'world' coordinates need the "
+                        f"{dims + 1}x{dims + 1} affine of case {case!r}; none was found"
+                    )
+                    continue
+                inverses[case] = np.linalg.inv(np.asarray(affine, dtype=float))
+            inverse = inverses[case]
+            point = inverse[:dims, :dims] @ point + inverse[:dims, dims]
+        points.setdefault(case, []).append((row, point))
+    return points, problems
+
+
+def read_points_csv(
+    path: str | os.PathLike, affines: Mapping[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
+    """Read point labels (lesion centres) by case, in voxel coordinates.
+
+    Parameters
+    ----------
+    path : str or path
+        CSV with a header naming the columns ``case, z, y, x`` (3D) or ``case, y, x``
+        (2D) in any order, and optionally ``space``: ``voxel`` (the default when absent
+        or empty; array indices, see :func:`read_image`) or ``world`` (mm). Other columns
+        are ignored. A row with a case and empty coordinates marks a case with no points.
+    affines : mapping of str to ndarray of shape (D + 1, D + 1), optional
+        Voxel-to-world affine of each case, needed only for rows in world coordinates,
+        which are converted to voxels through the inverse affine.
+
+    Returns
+    -------
+    dict of str to ndarray of shape (K, D), float64
+        Points of each case named in the file, in file order.
+
+    Raises
+    ------
+    ValueError
+        On the first malformed row, naming the file, the row (the header is row 1) and
+        the field, e.g. ``points.csv, row 7, field 'x': 'abc' is not a number``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "points.csv"
+    >>> _ = path.write_text("case,z,y,x,space\\na,1,2,3,voxel\\nb,4,4,4,world\\n")
+    >>> points = read_points_csv(path, affines={"b": np.diag([2.0, 2.0, 4.0, 1.0])})
+    >>> points["a"].tolist(), points["b"].tolist()
+    ([[1.0, 2.0, 3.0]], [[2.0, 2.0, 1.0]])
+    """
+    points, problems = parse_points_csv(path, affines)
+    if problems:
+        raise ValueError(problems[0])
+    return {case: _stack_points(rows, path) for case, rows in points.items()}
+
+
+def _stack_points(rows: list[tuple[int, np.ndarray]], path) -> np.ndarray:
+    if rows:
+        return np.stack([point for _, point in rows])
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        header = [column.strip().lower() for column in next(csv.reader(handle), [])]
+    return np.zeros((0, 3 if "z" in header else 2))
+
+
+def parse_counts_csv(
+    path: str | os.PathLike,
+) -> tuple[dict[str, tuple[int, int]], list[str]]:
+    """Counts of a CSV by case, with the row each came from, and every problem found.
+
+    The lenient form of :func:`read_counts_csv`: bad rows are skipped and reported.
+
+    Returns
+    -------
+    counts : dict of str to (int, int)
+        Row number (the header is row 1) and count, by case.
+    problems : list of str
+        One line per problem, naming the file, row and field.
+    """
+    problems: list[str] = []
+    header, records = _csv_records(path, problems)
+    if not header:
+        return {}, problems
+    missing = [column for column in ("case", "count") if column not in header]
+    if missing:
+        problems.append(
+            f"{path}, row 1: header lacks column {missing[0]!r}; expected columns case, count"
+        )
+        return {}, problems
+    counts: dict[str, tuple[int, int]] = {}
+    for row, record in records:
+        case = _case_name(path, row, record, problems)
+        value = _number(path, row, "count", record["count"], problems)
+        if case is None or value is None:
+            continue
+        where = f"{path}, row {row}, field 'count'"
+        if value != int(value):
+            problems.append(f"{where}: {record['count']!r} is not a whole number")
+        elif value < 0:
+            problems.append(f"{where}: {record['count']!r} is negative; expected a count >= 0")
+        elif case in counts:
+            problems.append(
+                f"{path}, row {row}, field 'case': {case!r} already has a count on row "
+                f"{counts[case][0]}"
+            )
+        else:
+            counts[case] = (row, int(value))
+    return counts, problems
+
+
+def read_counts_csv(path: str | os.PathLike) -> dict[str, int]:
+    """Read image-level lesion counts by case.
+
+    Parameters
+    ----------
+    path : str or path
+        CSV with a header naming the columns ``case, count``; each case at most once,
+        each count a whole number >= 0. Other columns are ignored.
+
+    Returns
+    -------
+    dict of str to int
+        Count of each case, in file order.
+
+    Raises
+    ------
+    ValueError
+        On the first malformed row, naming the file, the row (the header is row 1) and
+        the field, e.g. ``counts.csv, row 3, field 'count': '2.5' is not a whole number``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "counts.csv"
+    >>> _ = path.write_text("case,count\\na,3\\nb,0\\n")
+    >>> read_counts_csv(path)
+    {'a': 3, 'b': 0}
+    """
+    counts, problems = parse_counts_csv(path)
+    if problems:
+        raise ValueError(problems[0])
+    return {case: count for case, (_, count) in counts.items()}
+
+
+def write_points_csv(
+    path: str | os.PathLike,
+    points: Mapping[str, np.ndarray],
+    affines: Mapping[str, np.ndarray] | None = None,
+) -> None:
+    """Write point labels by case atomically, in voxel or world coordinates.
+
+    Parameters
+    ----------
+    path : str or path
+        Target CSV; columns ``case, z, y, x`` (or ``case, y, x``), plus ``space`` set to
+        ``world`` when ``affines`` is given.
+    points : mapping of str to array of shape (K, D)
+        Voxel coordinates of each case's points; all cases share ``D``. A case with no
+        points gets one row with empty coordinates, so it reads back as ``(0, D)``.
+    affines : mapping of str to ndarray of shape (D + 1, D + 1), optional
+        When given, coordinates are written in world mm through each case's affine.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "points.csv"
+    >>> write_points_csv(path, {"a": [[1.5, 2.0]], "b": np.zeros((0, 2))})
+    >>> print(path.read_text().strip())
+    case,y,x
+    a,1.5,2.0
+    b,,
+    """
+    arrays = {case: np.asarray(values, dtype=float) for case, values in points.items()}
+    dims_found = {a.shape[1] for a in arrays.values() if a.ndim == 2}
+    if len(dims_found) > 1 or any(a.size and a.ndim != 2 for a in arrays.values()):
+        raise ValueError("points: expected (K, D) arrays with the same D for every case")
+    dims = dims_found.pop() if dims_found else 3
+    if dims not in POINT_AXES:
+        raise ValueError(f"points: have {dims} coordinates; expected 2 or 3")
+    header = ["case", *POINT_AXES[dims]] + (["space"] if affines is not None else [])
+    lines = [header]
+    for case, values in arrays.items():
+        check_finite(values, f"points of case {case!r}")
+        if affines is not None:
+            affine = np.asarray(affines[case], dtype=float)
+            values = values @ affine[:dims, :dims].T + affine[:dims, dims]
+        extra = ["world"] if affines is not None else []
+        if len(values) == 0:
+            lines.append([case] + [""] * dims + extra)
+        lines.extend([case, *map(repr, point.tolist()), *extra] for point in values)
+    with atomic_write(path, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle, lineterminator="\n").writerows(lines)
+
+
+def write_counts_csv(path: str | os.PathLike, counts: Mapping[str, int]) -> None:
+    """Write image-level lesion counts by case atomically (columns ``case, count``).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "counts.csv"
+    >>> write_counts_csv(path, {"a": 3, "b": 0})
+    >>> read_counts_csv(path)
+    {'a': 3, 'b': 0}
+    """
+    rows = [["case", "count"]]
+    for case, count in counts.items():
+        if int(count) != count or count < 0:
+            raise ValueError(f"counts: case {case!r} has count {count!r}; expected int >= 0")
+        rows.append([case, str(int(count))])
+    with atomic_write(path, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle, lineterminator="\n").writerows(rows)

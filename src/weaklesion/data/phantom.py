@@ -9,12 +9,17 @@ lesions of many sizes in the white matter, some of them touching. Every lesion i
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+
+from weaklesion.io import atomic_write, write_counts_csv, write_image, write_points_csv
 
 # Tissue classes of the phantom's anatomy, in the order of the intensity tables below.
 AIR, SCALP, FLUID, GREY, WHITE, LESION = range(6)
@@ -144,6 +149,114 @@ def make_phantom_case(
         affine=affine,
         channels=channels,
     )
+
+
+def write_phantom_dataset(
+    out_dir: str | os.PathLike,
+    n_cases: int = 48,
+    seed: int = 0,
+    shape: Sequence[int] = (32, 64, 64),
+    spacing: float | Sequence[float] = (1.0, 1.0, 1.0),
+    splits: Sequence[float] = (0.75, 0.125, 0.125),
+    channels: Sequence[str] = ("flair", "t1"),
+    n_lesions: int | None = None,
+    progress: bool = False,
+) -> Path:
+    """Write a phantom dataset folder in the layout :func:`load_dataset` reads.
+
+    Parameters
+    ----------
+    out_dir : str or path
+        Folder to write (created if needed); existing files of the same names are
+        replaced.
+    n_cases : int
+        Number of cases, named ``phantom_000``, ``phantom_001``, ...
+    seed : int
+        Dataset seed; case ``i`` is :func:`make_phantom_case` with seed ``(seed, i)``.
+    shape, spacing, channels, n_lesions
+        As for :func:`make_phantom_case`.
+    splits : sequence of 3 numbers
+        Sizes of the training, validation and test splits: fractions summing to 1, or
+        case counts summing to ``n_cases``. Cases are assigned in order.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    Path
+        ``out_dir``, holding ``imagesTr/CASE_0000.nii.gz`` (one float32 file per
+        channel), ``labelsTr/CASE.nii.gz`` (int16 instance ids), ``points.csv`` (voxel
+        centres of mass), ``counts.csv`` and ``dataset.json`` (channel names, spacing,
+        split).
+
+    Notes
+    -----
+    The files are identical byte for byte for the same arguments.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> root = write_phantom_dataset(tempfile.mkdtemp(), n_cases=4, shape=(16, 20, 20),
+    ...                              splits=(2, 1, 1), n_lesions=1)
+    >>> sorted(path.name for path in (root / "imagesTr").iterdir())[:2]
+    ['phantom_000_0000.nii.gz', 'phantom_000_0001.nii.gz']
+    >>> json.loads((root / "dataset.json").read_text())["split"]["validation"]
+    ['phantom_002']
+    """
+    root = Path(out_dir)
+    sizes = _split_sizes(splits, n_cases)
+    case_ids = [f"phantom_{i:03d}" for i in range(n_cases)]
+    points, counts = {}, {}
+    indices = range(n_cases)
+    if progress:
+        from rich.progress import track
+
+        indices = track(indices, description="Writing phantom cases")
+    for i in indices:
+        case = make_phantom_case((seed, i), shape, spacing, n_lesions, channels)
+        for c, channel in enumerate(case.image):
+            write_image(root / "imagesTr" / f"{case_ids[i]}_{c:04d}.nii.gz", channel, case.affine)
+        labels = case.instances.astype(np.int16)
+        write_image(root / "labelsTr" / f"{case_ids[i]}.nii.gz", labels, case.affine)
+        points[case_ids[i]] = case.points
+        counts[case_ids[i]] = case.count
+    write_points_csv(root / "points.csv", points)
+    write_counts_csv(root / "counts.csv", counts)
+    ends = np.cumsum([0, *sizes])
+    description = {
+        "name": "weaklesion phantom",
+        "description": "Synthetic brain MRI with white-matter lesions; labelsTr holds "
+        "instance ids (0 background, 1..K one per lesion).",
+        "channel_names": {str(c): name for c, name in enumerate(channels)},
+        "file_ending": ".nii.gz",
+        "numTraining": n_cases,
+        "spacing": [float(s) for s in np.broadcast_to(np.asarray(spacing, float), (3,))],
+        "split": {
+            name: case_ids[ends[k] : ends[k + 1]]
+            for k, name in enumerate(("training", "validation", "test"))
+        },
+        "phantom": {"seed": seed, "shape": [int(s) for s in shape], "n_lesions": n_lesions},
+    }
+    with atomic_write(root / "dataset.json", "w", encoding="utf-8") as handle:
+        json.dump(description, handle, indent=2)
+        handle.write("\n")
+    return root
+
+
+def _split_sizes(splits: Sequence[float], n_cases: int) -> list[int]:
+    """Training, validation and test sizes from fractions or counts."""
+    values = np.asarray(splits, dtype=float)
+    if n_cases < 0 or values.shape != (3,) or not np.all(np.isfinite(values)) or (values < 0).any():
+        raise ValueError(f"splits: got {splits!r}; expected 3 non-negative fractions or counts")
+    if np.all(values == np.round(values)) and values.sum() == n_cases and values.sum() > 1:
+        return [int(v) for v in values]
+    if abs(values.sum() - 1.0) > 1e-6:
+        raise ValueError(
+            f"splits: got {splits!r}; expected fractions summing to 1 or counts summing "
+            f"to n_cases={n_cases}"
+        )
+    validation, test = (round(f * n_cases) for f in values[1:])
+    return [n_cases - validation - test, validation, test]
 
 
 def instance_centres(instances: np.ndarray) -> np.ndarray:
