@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import gzip
+import io
 import json
 import math
 import os
@@ -167,9 +168,8 @@ def read_image(
             return _read_tiff(path, spacing)
         return _read_png(path, spacing)
     except (OSError, ValueError, EOFError, nibabel.filebasedimages.ImageFileError) as error:
-        if str(path) in str(error):
-            raise
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        message = (str(error).splitlines() or [type(error).__name__])[0]
+        message = message.replace(f"'{path}'", "the file").replace(str(path), "the file")
         raise ValueError(f"{path}: cannot be read as {suffix} ({message})") from error
 
 
@@ -288,13 +288,12 @@ def write_image(
         with atomic_write(path, "wb") as handle:
             np.save(handle, array, allow_pickle=False)
     elif suffix in (".tif", ".tiff"):
+        buffer = io.BytesIO()
+        tifffile.imwrite(
+            buffer, array, photometric="minisblack", metadata={_AFFINE_KEY: affine.tolist()}
+        )
         with atomic_write(path, "wb") as handle:
-            tifffile.imwrite(
-                handle,
-                array,
-                photometric="minisblack",
-                metadata={_AFFINE_KEY: affine.tolist()},
-            )
+            handle.write(buffer.getvalue())
     else:
         picture = _png_picture(array, dims)
         info = PIL.PngImagePlugin.PngInfo()
