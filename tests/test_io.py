@@ -254,9 +254,10 @@ def test_malformed_point_rows_name_file_row_and_field(tmp_path, text, message):
 def test_all_point_problems_are_collected(tmp_path):
     path = tmp_path / "points.csv"
     path.write_text("case,z,y,x\na,1,2,x1\nb,1,2,3\nc,y2,2,3\nd,1,2,inf\n")
-    points, problems = parse_points_csv(path)
+    points, rows, problems = parse_points_csv(path)
     assert [p.split(",")[1] for p in problems] == [" row 2", " row 4", " row 5"]
-    assert list(points) == ["b"] and points["b"][0][0] == 3
+    assert list(points) == ["b"] and rows == {"b": [3]}
+    np.testing.assert_array_equal(points["b"], [[1, 2, 3]])
 
 
 @pytest.mark.parametrize(
@@ -281,7 +282,16 @@ def test_counts_round_trip_and_whole_floats(tmp_path):
     write_counts_csv(tmp_path / "counts.csv", {"a": 3, "b": 0, "c": 12})
     assert read_counts_csv(tmp_path / "counts.csv") == {"a": 3, "b": 0, "c": 12}
     (tmp_path / "more.csv").write_text("count,case\n3.0,a\n-2,b\n2.5,c\n")
-    counts, problems = parse_counts_csv(tmp_path / "more.csv")
-    assert counts == {"a": (2, 3)} and len(problems) == 2
+    counts, rows, problems = parse_counts_csv(tmp_path / "more.csv")
+    assert counts == {"a": 3} and rows == {"a": 2} and len(problems) == 2
     with pytest.raises(ValueError, match="counts: case 'x'"):
         write_counts_csv(tmp_path / "bad.csv", {"x": -1})
+
+
+@pytest.mark.parametrize("name", ["scan.nii.gz", "flat.nii", "scan.tif", "scan.npy"])
+def test_read_affine_matches_read_image(tmp_path, name):
+    dims = 2 if name.startswith("flat") else 3
+    write_image(tmp_path / name, np.zeros((3,) * dims, np.float32), oblique_affine(dims))
+    np.testing.assert_array_equal(
+        io.read_affine(tmp_path / name, 0.5), read_image(tmp_path / name, 0.5)[1]
+    )

@@ -157,10 +157,35 @@ def read_image(
     >>> array.shape, affine.diagonal().tolist()
     ((4, 5, 6), [2.0, 1.0, 1.0, 1.0])
     """
+    array, affine = _read(path, spacing, header_only=False)
+    return array, affine
+
+
+def read_affine(
+    path: str | os.PathLike, spacing: float | Sequence[float] | None = None
+) -> np.ndarray:
+    """The voxel-to-world affine that :func:`read_image` would return with the image.
+
+    Only the header of a NIfTI file is read; other formats are read whole.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "slice.nii"
+    >>> write_image(path, np.zeros((4, 5), np.float32), np.diag([0.5, 0.5, 1.0]))
+    >>> read_affine(path).tolist()
+    [[0.5, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, 1.0]]
+    """
+    return _read(path, spacing, header_only=True)[1]
+
+
+def _read(
+    path: str | os.PathLike, spacing: float | Sequence[float] | None, header_only: bool
+) -> tuple[np.ndarray | None, np.ndarray]:
     suffix = image_suffix(path)
     try:
         if suffix in (".nii", ".nii.gz"):
-            return _read_nifti(path)
+            return _read_nifti(path, header_only)
         if suffix == ".npy":
             array = np.load(path, allow_pickle=False)
             return array, _geometry(array, None, spacing)
@@ -169,7 +194,9 @@ def read_image(
         return _read_png(path, spacing)
     except (OSError, ValueError, EOFError, nibabel.filebasedimages.ImageFileError) as error:
         message = (str(error).splitlines() or [type(error).__name__])[0]
-        message = message.replace(f"'{path}'", "the file").replace(str(path), "the file")
+        for quoted in (f" '{path}'", f" {path!r}", f" {path}"):
+            message = message.replace(quoted, "")
+        message = message.rstrip(": ")
         raise ValueError(f"{path}: cannot be read as {suffix} ({message})") from error
 
 
@@ -189,17 +216,18 @@ def _geometry(
     return spacing_affine(spacing, dims)
 
 
-def _read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+def _read_nifti(path: str | os.PathLike, header_only: bool) -> tuple[np.ndarray | None, np.ndarray]:
     image = nibabel.load(path)
-    array = np.asanyarray(image.dataobj)
+    dims = len(image.shape)
+    if dims not in (2, 3, 4):
+        raise ValueError(f"has shape {image.shape}; expected a 2D, 3D or 4D NIfTI image")
     affine = np.asarray(image.affine, dtype=float)
-    if array.ndim == 2:
-        return array, affine[np.ix_([0, 1, 3], [0, 1, 3])]
-    if array.ndim == 4:
-        return np.moveaxis(array, -1, 0), affine
-    if array.ndim != 3:
-        raise ValueError(f"has shape {array.shape}; expected a 2D, 3D or 4D NIfTI image")
-    return array, affine
+    if dims == 2:
+        affine = affine[np.ix_([0, 1, 3], [0, 1, 3])]
+    if header_only:
+        return None, affine
+    array = np.asanyarray(image.dataobj)
+    return (np.moveaxis(array, -1, 0) if dims == 4 else array), affine
 
 
 def _read_tiff(
@@ -394,24 +422,25 @@ def _case_name(path, row: int, record: dict[str, str], problems: list[str]) -> s
 
 def parse_points_csv(
     path: str | os.PathLike, affines: Mapping[str, np.ndarray] | None = None
-) -> tuple[dict[str, list[tuple[int, np.ndarray]]], list[str]]:
-    """Points of a CSV by case, with the row each came from, and every problem found.
+) -> tuple[dict[str, np.ndarray], dict[str, list[int]], list[str]]:
+    """Points of a CSV by case, the rows they came from, and every problem found.
 
     The lenient form of :func:`read_points_csv` (same arguments): instead of raising at
     the first bad row it skips bad rows and returns one message per problem.
 
     Returns
     -------
-    points : dict of str to list of (int, ndarray of shape (D,))
-        Row number (the header is row 1) and voxel coordinates of each point, by case;
-        a case named on a row with empty coordinates maps to an empty list.
+    points : dict of str to ndarray of shape (K, D), float64
+        Voxel coordinates of the points of each case, as :func:`read_points_csv`.
+    rows : dict of str to list of int
+        Row number (the header is row 1) of each point, by case.
     problems : list of str
         One line per problem, naming the file, row and field.
     """
     problems: list[str] = []
     header, records = _csv_records(path, problems)
     if not header:
-        return {}, problems
+        return {}, {}, problems
     dims = 3 if "z" in header else 2
     axes = POINT_AXES[dims]
     missing = [column for column in ("case", *axes) if column not in header]
@@ -420,7 +449,7 @@ def parse_points_csv(
             f"{path}, row 1: header lacks column {missing[0]!r}; expected columns "
             f"case, {', '.join(axes)}[, space]"
         )
-        return {}, problems
+        return {}, {}, problems
     inverses: dict[str, np.ndarray] = {}
     points: dict[str, list[tuple[int, np.ndarray]]] = {}
     for row, record in records:
@@ -455,7 +484,12 @@ def parse_points_csv(
             inverse = inverses[case]
             point = inverse[:dims, :dims] @ point + inverse[:dims, dims]
         points.setdefault(case, []).append((row, point))
-    return points, problems
+    arrays = {
+        case: np.array([p for _, p in found]).reshape(len(found), dims)
+        for case, found in points.items()
+    }
+    rows = {case: [row for row, _ in found] for case, found in points.items()}
+    return arrays, rows, problems
 
 
 def read_points_csv(
@@ -494,45 +528,40 @@ def read_points_csv(
     >>> points["a"].tolist(), points["b"].tolist()
     ([[1.0, 2.0, 3.0]], [[2.0, 2.0, 1.0]])
     """
-    points, problems = parse_points_csv(path, affines)
+    points, _, problems = parse_points_csv(path, affines)
     if problems:
         raise ValueError(problems[0])
-    return {case: _stack_points(rows, path) for case, rows in points.items()}
-
-
-def _stack_points(rows: list[tuple[int, np.ndarray]], path) -> np.ndarray:
-    if rows:
-        return np.stack([point for _, point in rows])
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        header = [column.strip().lower() for column in next(csv.reader(handle), [])]
-    return np.zeros((0, 3 if "z" in header else 2))
+    return points
 
 
 def parse_counts_csv(
     path: str | os.PathLike,
-) -> tuple[dict[str, tuple[int, int]], list[str]]:
-    """Counts of a CSV by case, with the row each came from, and every problem found.
+) -> tuple[dict[str, int], dict[str, int], list[str]]:
+    """Counts of a CSV by case, the row each came from, and every problem found.
 
     The lenient form of :func:`read_counts_csv`: bad rows are skipped and reported.
 
     Returns
     -------
-    counts : dict of str to (int, int)
-        Row number (the header is row 1) and count, by case.
+    counts : dict of str to int
+        Count of each case, as :func:`read_counts_csv`.
+    rows : dict of str to int
+        Row number (the header is row 1) of each count, by case.
     problems : list of str
         One line per problem, naming the file, row and field.
     """
     problems: list[str] = []
     header, records = _csv_records(path, problems)
     if not header:
-        return {}, problems
+        return {}, {}, problems
     missing = [column for column in ("case", "count") if column not in header]
     if missing:
         problems.append(
             f"{path}, row 1: header lacks column {missing[0]!r}; expected columns case, count"
         )
-        return {}, problems
-    counts: dict[str, tuple[int, int]] = {}
+        return {}, {}, problems
+    counts: dict[str, int] = {}
+    rows: dict[str, int] = {}
     for row, record in records:
         case = _case_name(path, row, record, problems)
         value = _number(path, row, "count", record["count"], problems)
@@ -545,12 +574,11 @@ def parse_counts_csv(
             problems.append(f"{where}: {record['count']!r} is negative; expected a count >= 0")
         elif case in counts:
             problems.append(
-                f"{path}, row {row}, field 'case': {case!r} already has a count on row "
-                f"{counts[case][0]}"
+                f"{path}, row {row}, field 'case': {case!r} already has a count on row {rows[case]}"
             )
         else:
-            counts[case] = (row, int(value))
-    return counts, problems
+            counts[case], rows[case] = int(value), row
+    return counts, rows, problems
 
 
 def read_counts_csv(path: str | os.PathLike) -> dict[str, int]:
@@ -581,10 +609,10 @@ def read_counts_csv(path: str | os.PathLike) -> dict[str, int]:
     >>> read_counts_csv(path)
     {'a': 3, 'b': 0}
     """
-    counts, problems = parse_counts_csv(path)
+    counts, _, problems = parse_counts_csv(path)
     if problems:
         raise ValueError(problems[0])
-    return {case: count for case, (_, count) in counts.items()}
+    return counts
 
 
 def write_points_csv(
