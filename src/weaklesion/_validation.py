@@ -90,3 +90,23 @@ def axis_spacing(spacing: float | Sequence[float] | None, dims: int, name: str) 
     if not np.all(np.isfinite(values)) or np.any(values <= 0):
         raise ValueError(f"{name}: got {spacing!r}; expected positive finite spacing in mm")
     return values
+
+
+def check_batch(
+    array: ArrayLike, name: str, spatial_dims: int, channels: int | None = None
+) -> None:
+    """Raise ``ValueError`` unless ``array`` is a channel-first batch ``(N, C, *spatial)``.
+
+    ``spatial_dims`` is the number of spatial axes (2 or 3); ``channels``, when given, the
+    number of channels expected along axis 1.
+    """
+    if array.ndim != spatial_dims + 2:
+        axes = "(N, C, Z, Y, X)" if spatial_dims == 3 else "(N, C, Y, X)"
+        raise ValueError(
+            f"{name}: has shape {tuple(array.shape)}; expected a {spatial_dims}D batch {axes}"
+        )
+    if channels is not None and array.shape[1] != channels:
+        raise ValueError(
+            f"{name}: has {array.shape[1]} channel(s) in shape {tuple(array.shape)}; "
+            f"expected {channels}"
+        )

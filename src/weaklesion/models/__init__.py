@@ -1,0 +1,131 @@
+"""Networks that learn from weak labels, for 2D and 3D images alike (``spatial_dims``).
+
+- :class:`UNet` regresses dense targets (heatmaps, distance maps, segmentations) and
+  exposes its bottleneck and last decoder features for count heads;
+- :class:`GPUNet` regresses an image-level count and gives a full-resolution attention
+  map with the same weights.
+
+:func:`build_model` makes either from its name, so that a configuration file can name a
+model; :func:`model_summary` counts parameters; :func:`enable_mc_dropout` keeps dropout
+active at inference for Monte-Carlo sampling.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from weaklesion.models.gpunet import GPUNet
+from weaklesion.models.unet import UNet
+
+__all__ = ["MODEL_NAMES", "GPUNet", "UNet", "build_model", "enable_mc_dropout", "model_summary"]
+
+_DROPOUT_TYPES = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
+
+
+def _build_unet(spatial_dims: int, in_channels: int, out_channels: int, **kwargs) -> nn.Module:
+    return UNet(spatial_dims, in_channels, out_channels, **kwargs)
+
+
+def _build_gpunet(spatial_dims: int, in_channels: int, out_channels: int, **kwargs) -> nn.Module:
+    if out_channels != 1:
+        raise ValueError(f"out_channels: got {out_channels}; 'gpunet' predicts one count (1)")
+    return GPUNet(spatial_dims, in_channels, **kwargs)
+
+
+_BUILDERS = {"unet": _build_unet, "gpunet": _build_gpunet}
+MODEL_NAMES = tuple(sorted(_BUILDERS))
+
+
+def build_model(
+    name: str, spatial_dims: int = 3, in_channels: int = 1, out_channels: int = 1, **kwargs
+) -> nn.Module:
+    """Build a network from its name.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`MODEL_NAMES`: ``"unet"`` (:class:`UNet`) or ``"gpunet"``
+        (:class:`GPUNet`, which predicts one count: ``out_channels`` must be 1).
+    spatial_dims : int
+        2 or 3.
+    in_channels, out_channels : int
+        Numbers of input channels and output maps.
+    **kwargs
+        The network's other arguments, e.g. ``features`` and ``dropout`` for ``"unet"``,
+        ``filters`` for ``"gpunet"``.
+
+    Returns
+    -------
+    model : torch.nn.Module
+        A new network with freshly initialised weights, in training mode.
+
+    Examples
+    --------
+    >>> model = build_model("gpunet", spatial_dims=2, in_channels=3, filters=4)
+    >>> type(model).__name__, model.filters
+    ('GPUNet', 4)
+    """
+    key = name.lower() if isinstance(name, str) else name
+    if key not in _BUILDERS:
+        expected = ", ".join(repr(n) for n in MODEL_NAMES)
+        raise ValueError(f"name: got {name!r}; expected one of {expected}")
+    return _BUILDERS[key](spatial_dims, in_channels, out_channels, **kwargs)
+
+
+def model_summary(model: nn.Module) -> dict[str, object]:
+    """Size of a network: its class name and numbers of (trainable) parameters.
+
+    Parameters shared between layers are counted once.
+
+    Examples
+    --------
+    >>> model_summary(nn.Linear(3, 2))
+    {'model': 'Linear', 'parameters': 8, 'trainable_parameters': 8}
+    """
+    parameters = list(model.parameters())
+    return {
+        "model": type(model).__name__,
+        "parameters": sum(p.numel() for p in parameters),
+        "trainable_parameters": sum(p.numel() for p in parameters if p.requires_grad),
+    }
+
+
+def enable_mc_dropout(model: nn.Module) -> nn.Module:
+    """Switch the dropout layers of ``model`` to training mode, and nothing else.
+
+    Call it after ``model.eval()``: normalisation layers keep their inference behaviour
+    while dropout keeps sampling, so repeated forward passes draw Monte-Carlo samples of
+    the prediction. ``model.eval()`` switches dropout off again.
+
+    Returns
+    -------
+    model : torch.nn.Module
+        The same model, changed in place.
+
+    Raises
+    ------
+    ValueError
+        If the model has no dropout layer (every pass would give the same output).
+
+    Examples
+    --------
+    >>> net = enable_mc_dropout(UNet(spatial_dims=2, features=(2, 2), dropout=0.5).eval())
+    >>> sorted({type(m).__name__ for m in net.modules() if m.training})
+    ['Dropout']
+    """
+    layers = [module for module in model.modules() if isinstance(module, _DROPOUT_TYPES)]
+    if not layers:
+        raise ValueError(
+            f"model: {type(model).__name__} has no dropout layer; expected a model built "
+            "with dropout > 0"
+        )
+    for layer in layers:
+        layer.train()
+    return model

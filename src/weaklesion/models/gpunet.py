@@ -1,0 +1,132 @@
+"""GP-Unet: a count regressor whose pooling can be removed to give an attention map.
+
+Architecture A of Dubost et al. (MICCAI 2017; Medical Image Analysis 2020): a small
+U-Net-like network whose last feature maps are averaged over the image (global average
+pooling) and mapped to the lesion count by one linear unit. Trained with MSE on
+image-level counts, the same weights applied without the pooling give a class
+activation map (CAM) at the input's full resolution, whose peaks are the detections.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+from weaklesion._validation import check_batch
+from weaklesion.models.unet import CONVOLUTIONS, MAX_POOLS, check_spatial_dims
+
+
+def _two_convs(spatial_dims: int, in_channels: int, out_channels: int) -> nn.Sequential:
+    conv = CONVOLUTIONS[spatial_dims]
+    return nn.Sequential(
+        conv(in_channels, out_channels, 3, padding=1),
+        nn.ReLU(inplace=True),
+        conv(out_channels, out_channels, 3, padding=1),
+        nn.ReLU(inplace=True),
+    )
+
+
+class GPUNet(nn.Module):
+    """GP-Unet (architecture A): counts from global pooling, attention maps without it.
+
+    Layers, all 3×3(×3) convolutions with zero padding and ReLU:
+
+    1. two ``filters``-filter convolutions, whose output is concatenated with the input;
+    2. 2× max-pooling, then two ``2 * filters``-filter convolutions whose output is
+       concatenated with the block's input;
+    3. 2× nearest-neighbour upsampling, concatenated with the features before pooling;
+    4. one ``filters``-filter convolution: the last feature maps ``f``, shape
+       ``(N, filters, *spatial)``;
+    5. global average pooling and one linear unit: ``count = w · mean(f) + b``.
+
+    The class activation map is ``CAM = Σ_c w_c f_c + b`` at every voxel; since the mean
+    is linear, ``mean(CAM) = count`` exactly, so the map spreads the predicted count over
+    the image. The papers use 32 filters in 3D and a quarter of that (8) in 2D, the
+    default for each.
+
+    Odd sizes are allowed: the upsampled maps are resized to the size before pooling.
+    Every spatial axis needs at least 2 voxels.
+
+    Parameters
+    ----------
+    spatial_dims : int
+        2 for images ``(N, C, Y, X)``, 3 for volumes ``(N, C, Z, Y, X)``.
+    in_channels : int
+        Number of input channels C.
+    filters : int, optional
+        Number of filters of the first and last convolutions; ``None`` gives 32 in 3D and
+        8 in 2D.
+
+    Notes
+    -----
+    The layer sequence, the filter numbers, the concatenations, the ReLU activations
+    and the single linear output unit are those of architecture A. Details left open by
+    that description are choices made here: nearest-neighbour upsampling, zero padding,
+    no normalisation or dropout, and PyTorch's default initialisation.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = GPUNet(spatial_dims=2, in_channels=1)
+    >>> count, cam = net.predict(torch.rand(3, 1, 15, 20))
+    >>> tuple(count.shape), tuple(cam.shape)
+    ((3,), (3, 15, 20))
+    >>> bool(torch.allclose(cam.mean(dim=(1, 2)), count, atol=1e-6))
+    True
+    """
+
+    def __init__(self, spatial_dims: int = 3, in_channels: int = 1, filters: int | None = None):
+        super().__init__()
+        check_spatial_dims(spatial_dims)
+        filters = (32 if spatial_dims == 3 else 8) if filters is None else int(filters)
+        if in_channels < 1 or filters < 1:
+            raise ValueError(
+                f"in_channels, filters: got {in_channels}, {filters}; expected positive numbers"
+            )
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.filters = filters
+        top = in_channels + filters
+        self.encoder = _two_convs(spatial_dims, in_channels, filters)
+        self.pool = MAX_POOLS[spatial_dims](2)
+        self.bottom = _two_convs(spatial_dims, top, 2 * filters)
+        self.decoder = nn.Sequential(
+            CONVOLUTIONS[spatial_dims](2 * top + 2 * filters, filters, 3, padding=1),
+            nn.ReLU(inplace=True),
+        )
+        self.regressor = nn.Linear(filters, 1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Last feature maps ``(N, filters, *spatial)`` of images ``(N, in_channels, *spatial)``."""
+        check_batch(x, "x", self.spatial_dims, self.in_channels)
+        if min(x.shape[2:]) < 2:
+            raise ValueError(
+                f"x: has spatial shape {tuple(x.shape[2:])}; expected at least 2 voxels "
+                "along every axis"
+            )
+        top = torch.cat([x, self.encoder(x)], dim=1)
+        low = self.pool(top)
+        low = torch.cat([low, self.bottom(low)], dim=1)
+        up = functional.interpolate(low, size=top.shape[2:], mode="nearest")
+        return self.decoder(torch.cat([top, up], dim=1))
+
+    def _count(self, features: torch.Tensor) -> torch.Tensor:
+        return self.regressor(features.flatten(2).mean(dim=2)).squeeze(1)
+
+    def _attention(self, features: torch.Tensor) -> torch.Tensor:
+        weights = self.regressor.weight[0]
+        return torch.einsum("nc...,c->n...", features, weights) + self.regressor.bias[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Predicted counts ``(N,)`` for a batch ``(N, in_channels, *spatial)``."""
+        return self._count(self.features(x))
+
+    def attention_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Class activation maps ``(N, *spatial)``, whose mean over voxels is the count."""
+        return self._attention(self.features(x))
+
+    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Counts ``(N,)`` and class activation maps ``(N, *spatial)`` from one pass."""
+        features = self.features(x)
+        return self._count(features), self._attention(features)
