@@ -1560,3 +1560,115 @@ def count_metrics(
         f1=count_f1(predicted, actual, bins),
         n_cases=int(predicted.size),
     )
+
+
+def evaluate_detections(
+    predictions: Mapping[str, tuple[ArrayLike, ArrayLike]],
+    truth: Mapping[str, ArrayLike],
+    max_distance: float,
+    threshold: float = 0.5,
+    spacing: float | Sequence[float] | Mapping[str, float | Sequence[float]] | None = None,
+    truth_sizes: Mapping[str, ArrayLike] | None = None,
+    strata: Mapping[str, tuple[float, float]] = SIZE_STRATA,
+    max_fp: float = 5.0,
+    n_boot: int = 1000,
+    n_bins: int = 10,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Score scored detections of many cases against truth points: the full report.
+
+    Parameters
+    ----------
+    predictions : mapping of case name to (points (P, D), scores (P,))
+        Detections per case in voxel coordinates; a case of ``truth`` missing here has
+        no detections.
+    truth : mapping of case name to (T, D) points
+        Truth lesion centres in voxel coordinates; defines the cases evaluated.
+    max_distance : float
+        Largest distance of a match, in mm when ``spacing`` is given, else voxels.
+    threshold : float
+        Detections scoring at least this are kept for precision, recall and F1; the
+        FROC curve and the calibration use every detection.
+    spacing : spacing or mapping of case name to spacing, optional
+        Voxel size in mm, for every case or per case.
+    truth_sizes : mapping of case name to (T,) voxel counts, optional
+        Size of each truth lesion, for recall per size stratum.
+    strata, max_fp, n_boot, n_bins, seed
+        Size strata (see :func:`recall_by_size`), FROC area limit in false positives per
+        image, bootstrap resamples over cases, reliability bins, random seed.
+
+    Returns
+    -------
+    dict
+        JSON-ready: ``settings``, ``detection`` (:class:`DetectionScores` at
+        ``threshold``), ``recall_by_size`` (when sizes are given), ``froc`` (curve),
+        ``fauc`` (estimate and bootstrap interval), ``calibration`` (ECE, MCE and the
+        bins, outcome = the detection is matched when all detections are kept) and
+        ``cases`` (per-case TP, FP, FN at ``threshold``).
+
+    Examples
+    --------
+    >>> report = evaluate_detections(
+    ...     {"a": ([[1.0, 1.0], [8.0, 8.0]], [0.9, 0.2])}, {"a": [[1.0, 2.0]]}, 2.0
+    ... )
+    >>> report["detection"]["f1"], report["cases"]["a"]
+    (1.0, {'tp': 1, 'fp': 0, 'fn': 0})
+    """
+    extra = sorted(set(predictions) - set(truth))
+    if extra:
+        raise ValueError(f"predictions: case {extra[0]!r} has detections but no truth")
+
+    def pick(value, case):
+        return value[case] if isinstance(value, Mapping) else value
+
+    kept_matches, all_scores, all_hits, n_truth, outcomes, probabilities = [], [], [], [], [], []
+    per_case = {}
+    for case, truth_points in truth.items():
+        truth_points = np.asarray(_values(truth_points), dtype=float)
+        dims = truth_points.shape[1] if truth_points.ndim == 2 else 3
+        points, scores = predictions.get(case, (np.zeros((0, dims)), np.zeros(0)))
+        points = np.asarray(_values(points), dtype=float).reshape(-1, dims)
+        scores = np.asarray(_values(scores), dtype=float)
+        case_spacing = pick(spacing, case)
+        kept = scores >= threshold
+        matches = match_points(points[kept], truth_points, max_distance, case_spacing)
+        kept_matches.append(matches)
+        per_case[case] = {"tp": matches.tp, "fp": matches.fp, "fn": matches.fn}
+        all_scores.append(scores)
+        all_hits.append(hits_by_score(points, scores, truth_points, max_distance, case_spacing))
+        n_truth.append(len(truth_points))
+        everything = match_points(points, truth_points, max_distance, case_spacing)
+        outcomes.append(everything.pred_matched)
+        probabilities.append(np.clip(scores, 0.0, 1.0))
+
+    curve = froc_curve(all_scores, all_hits, n_truth)
+    fauc = froc_auc_ci(all_scores, all_hits, n_truth, max_fp, n_boot=n_boot, seed=seed)
+    probabilities = np.concatenate(probabilities) if probabilities else np.zeros(0)
+    outcomes = np.concatenate(outcomes) if outcomes else np.zeros(0)
+    bins = reliability_bins(probabilities, outcomes, n_bins)
+    report: dict[str, Any] = {
+        "settings": {
+            "max_distance": max_distance,
+            "distance_unit": "voxel" if spacing is None else "mm",
+            "threshold": threshold,
+            "max_fp": max_fp,
+            "n_boot": n_boot,
+            "n_bins": n_bins,
+            "seed": seed,
+            "n_cases": len(truth),
+        },
+        "detection": detection_scores(kept_matches).to_dict(),
+        "froc": curve.to_dict(),
+        "fauc": fauc.to_dict(),
+        "calibration": {
+            "ece": expected_calibration_error(probabilities, outcomes, n_bins),
+            "mce": maximum_calibration_error(probabilities, outcomes, n_bins),
+            "bins": bins.to_dict(),
+        },
+        "cases": per_case,
+    }
+    if truth_sizes is not None:
+        sizes = [np.asarray(_values(truth_sizes[case])) for case in truth]
+        report["recall_by_size"] = recall_by_size(kept_matches, sizes, strata).to_dict()
+        report["settings"]["strata"] = {name: list(bounds) for name, bounds in strata.items()}
+    return _jsonable(report)
