@@ -21,6 +21,7 @@ hoc on any model's output, including probability maps made by other tools.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cc3d
@@ -247,12 +248,16 @@ def _label_regions(
     voxels = np.flatnonzero(labels)
     region = labels.reshape(-1)[voxels]
     sizes = np.bincount(region, minlength=count + 1)[1:]
-    if min_size > 1 and np.any(sizes < min_size):
-        keep = sizes >= min_size
+    # cc3d numbers regions in its own scan order (not raster order in 2D at 8-connectivity),
+    # so order them by first voxel, dropping small ones in the same renumbering pass.
+    first = np.full(count + 1, labels.size, dtype=np.int64)
+    np.minimum.at(first, region, voxels)
+    order = np.argsort(first[1:], kind="stable")
+    order = order[sizes[order] >= min_size]
+    if not np.array_equal(order, np.arange(count)):
         renumber = np.zeros(count + 1, dtype=np.int64)
-        count = int(keep.sum())
-        renumber[1:][keep] = np.arange(1, count + 1)
-        labels, region, sizes = renumber[labels], renumber[region], sizes[keep]
+        renumber[order + 1] = np.arange(1, len(order) + 1)
+        labels, region, sizes, count = renumber[labels], renumber[region], sizes[order], len(order)
         voxels, region = voxels[region > 0], region[region > 0]
     voxel_values = values.reshape(-1)[voxels]
     peak = np.full(count + 1, -np.inf)
@@ -353,7 +358,8 @@ class CountDistribution:
         Shannon entropy of the pmf in nats.
     interval : (int, int) or (..., 2) int array
         Smallest interval of counts ``[lower, upper]`` (both inclusive) holding at least
-        ``credible`` of the mass; on ties, the one with more mass, then the lower one.
+        ``credible`` of the mass; on ties, the one with more mass, then the lower one
+        (masses within 1e-9 count as equal).
     credible : float
         Mass required of ``interval``.
     """
@@ -389,8 +395,8 @@ def _smallest_interval(pmf: np.ndarray, credible: float) -> np.ndarray:
     reachable = cdf[..., -1:] >= target
     width = np.where(reachable, upper - lower, pmf.shape[-1])
     mass = np.take_along_axis(cdf, upper, axis=-1) - below
-    narrowest = width == width.min(axis=-1, keepdims=True)
-    best = np.argmax(np.where(narrowest, mass, -np.inf), axis=-1)[..., None]
+    mass = np.where(width == width.min(axis=-1, keepdims=True), mass, -np.inf)
+    best = np.argmax(mass >= mass.max(axis=-1, keepdims=True) - _MASS_SLACK, axis=-1)[..., None]
     return np.concatenate((best, np.take_along_axis(upper, best, axis=-1)), axis=-1)
 
 
@@ -524,7 +530,8 @@ def count_distribution(
     check_probabilities(values, "prob_map")
     maps = values if batch else values[None]
     index, valid = _existence_probabilities(maps, threshold, connectivity, min_size)
-    existence = np.where(valid, np.take_along_axis(maps.reshape(len(maps), -1), index, 1), 0)
+    flat = maps.reshape(len(maps), math.prod(maps.shape[1:]))
+    existence = np.where(valid, np.take_along_axis(flat, index, axis=1), 0)
     pmf = poisson_binomial_pmf(existence.astype(np.float64), max_count)
     return count_statistics(pmf if batch else pmf[0], credible)
 
@@ -545,7 +552,7 @@ def _check_counts(counts: ArrayLike, n: int, device: torch.device) -> torch.Tens
     bad = (values < 0) | (values != np.round(values))
     if np.any(bad):
         raise ValueError(
-            f"counts: entry {int(np.argmax(bad))} is {values[np.argmax(bad)]!r}; "
+            f"counts: entry {int(np.argmax(bad))} is {values[np.argmax(bad)].item()}; "
             "expected non-negative integers"
         )
     return torch.from_numpy(values.astype(np.int64)).to(device)
