@@ -1,5 +1,7 @@
 """Data for training from weak labels: synthetic phantoms, dataset folders, normalisation."""
 
+from weaklesion.data.dataset import Case, CaseArrays, Dataset, check_dataset, load_dataset
+from weaklesion.data.normalize import zscore
 from weaklesion.data.phantom import (
     PhantomCase,
     instance_centres,
@@ -7,4 +9,15 @@ from weaklesion.data.phantom import (
     write_phantom_dataset,
 )
 
-__all__ = ["PhantomCase", "instance_centres", "make_phantom_case", "write_phantom_dataset"]
+__all__ = [
+    "Case",
+    "CaseArrays",
+    "Dataset",
+    "PhantomCase",
+    "check_dataset",
+    "instance_centres",
+    "load_dataset",
+    "make_phantom_case",
+    "write_phantom_dataset",
+    "zscore",
+]
