@@ -1,25 +1,401 @@
-"""The ``weaklesion`` command."""
+"""The ``weaklesion`` command.
+
+Each verb wraps one Python function of the package, so everything the command does can
+also be done from Python. Bad input ends the command with a one-line ``error:`` message
+and exit status 2, never a traceback, and never a half-written output file.
+"""
 
 from __future__ import annotations
 
+import functools
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
 import typer
 
 app = typer.Typer(
     help="Find and count lesions in 2D and 3D images from weak labels.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    add_completion=False,
 )
+synth_app = typer.Typer(help="Write synthetic datasets.", no_args_is_help=True)
+app.add_typer(synth_app, name="synth")
+
+EXIT_BAD_INPUT = 2
+
+
+def _refuse_bad_input(command: Callable) -> Callable:
+    """Turn the errors a user can cause into one line on stderr and exit status 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (ValueError, OSError, KeyError) as error:
+            message = str(error) or error.__class__.__name__
+            if isinstance(error, KeyError):
+                message = message.strip("'\"")
+            typer.echo(f"error: {message.splitlines()[0] if message else error!r}", err=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+
+    return wrapper
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    from weaklesion.io import atomic_write
+
+    with atomic_write(path) as handle:
+        json.dump(payload, handle, indent=2)
+        handle.write("\n")
+
+
+def _parse_floats(text: str | None, name: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"--{name}: got {text!r}; expected numbers separated by commas") from None
+
+
+def _case_name(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".npy", ".npz", ".tif", ".tiff", ".png"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _read_map(path: Path, channel: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Read a map file: NIfTI, .npy, TIFF, PNG, or an nnU-Net ``.npz`` of probabilities.
+
+    Returns the spatial map and its voxel-to-world affine. A multi-channel map (C, ...)
+    gives channel ``channel`` (default 1, the first foreground class of nnU-Net).
+    """
+    from weaklesion.io import read_image
+
+    if not path.exists():
+        raise ValueError(f"{path}: no such file")
+    if path.name.endswith(".npz"):
+        with np.load(path) as archive:
+            key = next((k for k in ("probabilities", "softmax") if k in archive), None)
+            if key is None:
+                raise ValueError(
+                    f"{path}: has arrays {sorted(archive.files)}; expected 'probabilities' "
+                    "(nnU-Net --save_probabilities)"
+                )
+            values = archive[key]
+        affine = np.eye(values.ndim)
+    else:
+        values, affine = read_image(path)
+    spatial = affine.shape[0] - 1
+    if values.ndim == spatial + 1:
+        index = 1 if channel is None else channel
+        if not 0 <= index < values.shape[0]:
+            raise ValueError(
+                f"{path}: has {values.shape[0]} channels; --channel {index} does not exist"
+            )
+        values = values[index]
+    elif channel not in (None, 0):
+        raise ValueError(f"{path}: has one channel; --channel {channel} does not exist")
+    return np.asarray(values, dtype=np.float64), affine
 
 
 @app.command()
-def demo() -> None:
-    """Plant lesions in synthetic maps, detect and count them, and print the scores.
+@_refuse_bad_input
+def demo(
+    out: Annotated[Path, typer.Option(help="Report folder.")] = Path("demo-output"),
+    post_processing_only: Annotated[
+        bool,
+        typer.Option(
+            "--post-processing-only",
+            help="Skip training: plant lesions in synthetic maps and score the detectors.",
+        ),
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the phantom and the training.")] = 0,
+) -> None:
+    """Run the whole method on the built-in phantom and write a report folder.
 
-    Example: weaklesion demo
+    Synthesise a phantom, train a heatmap model from points only, predict the held-out
+    cases, fit Gaussians, count, evaluate against the planted truth and write metrics,
+    detections and figures to OUT.
+
+    Example: weaklesion demo --out demo-output
     """
-    from weaklesion.demo import run_demo
+    from weaklesion import demo as demos
 
-    run_demo()
+    if post_processing_only:
+        demos.run_post_processing_demo(seed=seed)
+    else:
+        demos.run_demo(out, seed=seed)
+
+
+@app.command()
+@_refuse_bad_input
+def check(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder or JSON datalist.")],
+) -> None:
+    """Validate a dataset before training and report every problem at once.
+
+    Example: weaklesion check data/phantom
+    """
+    from weaklesion.data import check_dataset
+
+    problems = check_dataset(dataset, progress=sys.stderr.isatty())
+    for problem in problems:
+        typer.echo(problem)
+    if problems:
+        typer.echo(f"{dataset}: {len(problems)} problem(s) found", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{dataset}: no problems found")
+
+
+@synth_app.command("phantom")
+@_refuse_bad_input
+def synth_phantom(
+    out: Annotated[Path, typer.Option(help="Dataset folder to write.")],
+    cases: Annotated[int, typer.Option(help="Number of cases.")] = 48,
+    seed: Annotated[int, typer.Option(help="Dataset seed.")] = 0,
+    shape: Annotated[str, typer.Option(help="Volume shape z,y,x in voxels.")] = "32,64,64",
+    spacing: Annotated[str, typer.Option(help="Voxel size z,y,x in mm.")] = "1,1,1",
+) -> None:
+    """Write a deterministic synthetic 3D lesion dataset (images, masks, points, counts).
+
+    Example: weaklesion synth phantom --out data/phantom --cases 48 --seed 0
+    """
+    from weaklesion.data import write_phantom_dataset
+
+    size = tuple(int(value) for value in _parse_floats(shape, "shape"))
+    root = write_phantom_dataset(
+        out,
+        n_cases=cases,
+        seed=seed,
+        shape=size,
+        spacing=_parse_floats(spacing, "spacing"),
+        progress=sys.stderr.isatty(),
+    )
+    typer.echo(f"wrote {cases} cases to {root}")
+
+
+@app.command()
+@_refuse_bad_input
+def train(
+    data: Annotated[Path, typer.Argument(help="Dataset folder or JSON datalist.")],
+    out: Annotated[Path, typer.Option(help="Run folder for checkpoints and logs.")],
+    labels: Annotated[
+        str | None, typer.Option(help="points | counts | masks | masks+counts.")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML configuration file.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a configuration key: KEY=VALUE (repeatable)."),
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue a stopped run from last.pt.")] = False,
+    nproc: Annotated[int, typer.Option(help="Processes for distributed training.")] = 1,
+) -> None:
+    """Train a model from weak labels: points, counts, masks or masks+counts.
+
+    Every key of the configuration (see TrainConfig) can be set in the TOML file or with
+    --set; the command line wins.
+
+    Example: weaklesion train data/phantom --labels points --out runs/heatmap
+    --set epochs=20 --set sigma=1.5
+    """
+    from weaklesion.training import load_config
+    from weaklesion.training import train as train_model
+    from weaklesion.training.distributed import torchrun_command
+
+    overrides = list(set_ or [])
+    if labels is not None:
+        overrides.insert(0, f'labels="{labels}"')
+    settings = load_config(config, overrides)
+    if nproc > 1:
+        command = torchrun_command(config or "-", data, out, nproc, overrides, resume)
+        raise typer.Exit(subprocess.call(command))
+    result = train_model(settings, data, out, resume=resume, progress=sys.stderr.isatty())
+    typer.echo(f"trained {out}: {result.summary() if hasattr(result, 'summary') else result}")
+
+
+@app.command()
+@_refuse_bad_input
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(help="Dataset folder, datalist or images.")],
+    run: Annotated[Path, typer.Option(help="Run folder of a trained model.")],
+    out: Annotated[Path, typer.Option(help="Folder for the predicted maps.")],
+    which: Annotated[str, typer.Option(help="Checkpoint: best | last | a path.")] = "best",
+    patch_size: Annotated[
+        str | None, typer.Option(help="Sliding-window size z,y,x; whole image if unset.")
+    ] = None,
+    overlap: Annotated[float, typer.Option(help="Overlap of sliding windows.")] = 0.25,
+    mc_samples: Annotated[int, typer.Option(help="MC-dropout samples (0: none).")] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+) -> None:
+    """Predict maps (heatmap, probabilities or attention) with the input's affine.
+
+    Example: weaklesion predict data/phantom --run runs/heatmap --out predictions
+    """
+    from weaklesion.inference import predict_cases
+
+    window = _parse_floats(patch_size, "patch-size")
+    written = predict_cases(
+        run,
+        [str(path) for path in inputs] if len(inputs) > 1 else inputs[0],
+        out,
+        which=which,
+        patch_size=None if window is None else tuple(int(v) for v in window),
+        overlap=overlap,
+        mc_samples=mc_samples,
+        device=device,
+        progress=sys.stderr.isatty(),
+    )
+    typer.echo(f"wrote {len(written)} file(s) to {out}")
+
+
+@app.command()
+@_refuse_bad_input
+def detect(
+    maps: Annotated[list[Path], typer.Argument(help="Map files (.nii.gz, .npy, .npz, ...).")],
+    out: Annotated[Path, typer.Option(help="Detections file (.csv or .json).")],
+    method: Annotated[str, typer.Option(help="gaussians | components | peaks.")] = "gaussians",
+    sigma: Annotated[float, typer.Option(help="Gaussian width (gaussians).")] = 1.0,
+    spacing_mm: Annotated[
+        bool, typer.Option("--mm", help="sigma in mm, using the map's voxel size.")
+    ] = False,
+    threshold: Annotated[
+        float | None, typer.Option(help="Keep detections scoring at least this.")
+    ] = None,
+    stop: Annotated[float, typer.Option(help="Stop level of the Gaussian fitting.")] = 0.01,
+    size: Annotated[int, typer.Option(help="Non-maximum suppression size (peaks).")] = 6,
+    top_n: Annotated[int | None, typer.Option(help="Keep the n best peaks.")] = None,
+    channel: Annotated[int | None, typer.Option(help="Channel of a multi-channel map.")] = None,
+) -> None:
+    """Detect lesions in predicted maps and write them with voxel and world coordinates.
+
+    Example: weaklesion detect predictions/*_heatmap.nii.gz --sigma 1.5 --out lesions.csv
+    """
+    from weaklesion.detection import (
+        Detections,
+        component_detections,
+        fit_gaussians,
+        peak_detections,
+        write_detections_csv,
+    )
+    from weaklesion.io import affine_spacing
+
+    if method not in ("gaussians", "components", "peaks"):
+        raise ValueError(f"--method: got {method!r}; expected gaussians, components or peaks")
+    if out.suffix not in (".csv", ".json"):
+        raise ValueError(f"--out: {out} has suffix {out.suffix!r}; expected .csv or .json")
+    arrays = {_case_name(path): _read_map(path, channel) for path in maps}
+    found: dict[str, Detections] = {}
+    for case, (values, affine) in arrays.items():
+        if method == "gaussians":
+            spacing = affine_spacing(affine) if spacing_mm else None
+            lesions = fit_gaussians(values, sigma, spacing=spacing, stop=stop)
+        elif method == "components":
+            lesions = component_detections(values, 0.5 if threshold is None else threshold)
+        else:
+            lesions = peak_detections(values, size=size, threshold=threshold, top_n=top_n)
+        found[case] = lesions if threshold is None else lesions.above(threshold)
+    affines = {case: affine for case, (_, affine) in arrays.items()}
+    if out.suffix == ".csv":
+        write_detections_csv(out, found, affine=affines)
+    else:
+        _write_json(
+            out,
+            {
+                case: {
+                    "points": lesions.points.tolist(),
+                    "points_mm": lesions.to_world(affines[case]).tolist(),
+                    "scores": lesions.scores.tolist(),
+                    "extras": {k: v.tolist() for k, v in lesions.extras.items()},
+                }
+                for case, lesions in found.items()
+            },
+        )
+    total = sum(len(lesions) for lesions in found.values())
+    typer.echo(f"wrote {total} detection(s) in {len(found)} case(s) to {out}")
+
+
+@app.command()
+@_refuse_bad_input
+def count(
+    maps: Annotated[list[Path], typer.Argument(help="Probability maps (.nii.gz, .npy, .npz).")],
+    out: Annotated[Path | None, typer.Option(help="JSON file for the distributions.")] = None,
+    threshold: Annotated[float, typer.Option(help="Binarisation threshold.")] = 0.1,
+    min_size: Annotated[int, typer.Option(help="Smallest region in voxels.")] = 1,
+    credible: Annotated[float, typer.Option(help="Mass of the credible interval.")] = 0.95,
+    channel: Annotated[int | None, typer.Option(help="Channel of a multi-channel map.")] = None,
+) -> None:
+    """Count lesions in any probability map: exact Poisson-binomial distribution.
+
+    Reads NIfTI, .npy, and the .npz probabilities nnU-Net writes with
+    --save_probabilities (channel 1 by default).
+
+    Example: weaklesion count nnunet_out/case_001.npz --out counts.json
+    """
+    from weaklesion.counting import count_distribution
+
+    results = {}
+    for path in maps:
+        values, _ = _read_map(path, channel)
+        distribution = count_distribution(
+            values, threshold=threshold, min_size=min_size, credible=credible
+        )
+        results[_case_name(path)] = distribution.to_dict()
+    for case, result in results.items():
+        low, high = result["interval"]
+        typer.echo(
+            f"{case}: mean {result['mean']:.2f}, mode {result['mode']}, "
+            f"{credible:.0%} interval [{low}, {high}]"
+        )
+    if out is not None:
+        _write_json(out, {"settings": {"threshold": threshold, "min_size": min_size}, **results})
+
+
+@app.command()
+@_refuse_bad_input
+def evaluate(
+    detections: Annotated[Path, typer.Argument(help="Detections CSV from `detect`.")],
+    truth: Annotated[Path, typer.Option(help="Dataset folder or datalist with points.")],
+    out: Annotated[Path | None, typer.Option(help="JSON file for the report.")] = None,
+    max_distance: Annotated[float, typer.Option(help="Largest match distance.")] = 3.0,
+    mm: Annotated[bool, typer.Option("--mm", help="max-distance in mm (voxel size).")] = False,
+    threshold: Annotated[float, typer.Option(help="Score threshold for F1.")] = 0.5,
+) -> None:
+    """Score detections against the truth points: F1, size strata, FROC, calibration.
+
+    Example: weaklesion evaluate lesions.csv --truth data/phantom --out metrics.json
+    """
+    from weaklesion.data.truth import lesion_truth
+    from weaklesion.detection import read_detections_csv
+    from weaklesion.metrics import evaluate_detections
+
+    found = read_detections_csv(detections)
+    points, sizes, spacings = lesion_truth(truth, cases=list(found))
+    report = evaluate_detections(
+        {case: (lesions.points, lesions.scores) for case, lesions in found.items()},
+        points,
+        max_distance,
+        threshold=threshold,
+        spacing=spacings if mm else None,
+        truth_sizes=sizes,
+    )
+    report["settings"].update({"detections": str(detections), "truth": str(truth)})
+    scores = report["detection"]
+    typer.echo(
+        f"{scores['n_cases']} case(s): F1 {scores['f1']:.3f}, precision "
+        f"{scores['precision']:.3f}, recall {scores['recall']:.3f}, "
+        f"FAUC {report['fauc']['estimate']:.3f}"
+    )
+    if out is not None:
+        _write_json(out, report)
 
 
 def main() -> None:
