@@ -1,0 +1,153 @@
+"""Figures of a report: FROC curves, reliability diagrams, slices with detections.
+
+Every function writes one PNG atomically and returns its path; matplotlib runs on its
+non-interactive back end, so no display is needed.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from weaklesion.io import atomic_write
+
+
+def _save(figure: plt.Figure, path: str | os.PathLike) -> Path:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    with atomic_write(path, "wb") as handle:
+        handle.write(buffer.getvalue())
+    return Path(path)
+
+
+def plot_froc(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: str | os.PathLike,
+    max_fp: float = 5.0,
+    title: str = "FROC",
+) -> Path:
+    """Plot FROC curves: sensitivity against mean false positives per image.
+
+    Parameters
+    ----------
+    curves : mapping of label to (fp_per_image (K,), sensitivity (K,))
+        One curve per method, e.g. from :class:`weaklesion.metrics.FROCCurve`.
+    path : path
+        PNG file to write.
+    max_fp : float
+        Right end of the horizontal axis, false positives per image.
+    title : str
+        Figure title.
+    """
+    figure, axes = plt.subplots(figsize=(4.5, 3.5))
+    for label, (fp, sensitivity) in curves.items():
+        axes.step(fp, sensitivity, where="post", label=label)
+    axes.set(xlim=(0, max_fp), ylim=(0, 1.02), title=title)
+    axes.set(xlabel="false positives per image", ylabel="sensitivity")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right", fontsize="small")
+    return _save(figure, path)
+
+
+def plot_reliability(
+    bins: Mapping[str, Mapping[str, Sequence[float]]],
+    path: str | os.PathLike,
+    title: str = "Calibration of existence probabilities",
+) -> Path:
+    """Plot reliability diagrams: observed frequency against predicted probability.
+
+    Parameters
+    ----------
+    bins : mapping of label to a reliability-bins dict
+        Each with ``confidence`` (B,), ``accuracy`` (B,) and ``count`` (B,), as
+        :meth:`weaklesion.metrics.ReliabilityBins.to_dict` gives (None for empty bins).
+    path : path
+        PNG file to write.
+    title : str
+        Figure title.
+    """
+    figure, axes = plt.subplots(figsize=(4.5, 3.5))
+    axes.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
+    for label, values in bins.items():
+        confidence = np.array(values["confidence"], dtype=float)
+        accuracy = np.array(values["accuracy"], dtype=float)
+        keep = np.isfinite(confidence) & np.isfinite(accuracy)
+        axes.plot(confidence[keep], accuracy[keep], marker="o", label=label)
+    axes.set(xlim=(0, 1), ylim=(0, 1), title=title)
+    axes.set(xlabel="predicted probability", ylabel="fraction that are lesions")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper left", fontsize="small")
+    return _save(figure, path)
+
+
+def plot_slices(
+    image: np.ndarray,
+    path: str | os.PathLike,
+    detections: np.ndarray | None = None,
+    truth: np.ndarray | None = None,
+    heatmap: np.ndarray | None = None,
+    n_slices: int = 3,
+    title: str = "",
+) -> Path:
+    """Axial slices of a 3D image with detections and truth points drawn on them.
+
+    Slices are those with the most truth lesions (or detections) within one voxel; a
+    marker is drawn on a slice when its point lies within 1.5 voxels of it.
+
+    Parameters
+    ----------
+    image : (Z, Y, X) array
+        One channel of the image.
+    path : path
+        PNG file to write.
+    detections, truth : (N, 3) arrays of voxel coordinates, optional
+        Drawn as red crosses (detections) and green circles (truth).
+    heatmap : (Z, Y, X) array, optional
+        Shown in a second row, same slices.
+    n_slices : int
+        Number of slices.
+    title : str
+        Figure title.
+    """
+    depth = image.shape[0]
+    anchors = truth if truth is not None and len(truth) else detections
+    if anchors is not None and len(anchors):
+        votes = np.zeros(depth)
+        np.add.at(votes, np.clip(np.rint(anchors[:, 0]).astype(int), 0, depth - 1), 1)
+        chosen = np.sort(np.argsort(-votes, kind="stable")[:n_slices])
+    else:
+        chosen = np.linspace(0, depth - 1, n_slices + 2)[1:-1].round().astype(int)
+    rows = 2 if heatmap is not None else 1
+    figure, axes = plt.subplots(rows, len(chosen), figsize=(3 * len(chosen), 3 * rows))
+    axes = np.atleast_2d(axes).reshape(rows, len(chosen))
+    for column, z in enumerate(chosen):
+        layers = [image] if heatmap is None else [image, heatmap]
+        for row, layer in enumerate(layers):
+            panel = axes[row, column]
+            panel.imshow(layer[z], cmap="gray" if row == 0 else "magma")
+            panel.set_title(f"z = {z}", fontsize="small")
+            panel.axis("off")
+            for points, style in ((truth, "go"), (detections, "r+")):
+                if points is None or not len(points):
+                    continue
+                near = np.abs(points[:, 0] - z) <= 1.5
+                panel.plot(
+                    points[near, 2],
+                    points[near, 1],
+                    style,
+                    markersize=8,
+                    fillstyle="none",
+                    markeredgewidth=1.5,
+                )
+    if title:
+        figure.suptitle(title + "  (green: truth, red: detections)", fontsize="small")
+    return _save(figure, path)
