@@ -8,15 +8,16 @@ and exit status 2, never a traceback, and never a half-written output file.
 from __future__ import annotations
 
 import functools
-import json
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import numpy as np
 import typer
+
+from weaklesion.io import write_json
 
 app = typer.Typer(
     help="Find and count lesions in 2D and 3D images from weak labels.",
@@ -45,14 +46,6 @@ def _refuse_bad_input(command: Callable) -> Callable:
             raise typer.Exit(EXIT_BAD_INPUT) from None
 
     return wrapper
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    from weaklesion.io import atomic_write
-
-    with atomic_write(path) as handle:
-        json.dump(payload, handle, indent=2)
-        handle.write("\n")
 
 
 def _parse_floats(text: str | None, name: str) -> tuple[float, ...] | None:
@@ -307,7 +300,7 @@ def detect(
     if out.suffix == ".csv":
         write_detections_csv(out, found, affine=affines)
     else:
-        _write_json(
+        write_json(
             out,
             {
                 case: {
@@ -356,7 +349,7 @@ def count(
             f"{credible:.0%} interval [{low}, {high}]"
         )
     if out is not None:
-        _write_json(out, {"settings": {"threshold": threshold, "min_size": min_size}, **results})
+        write_json(out, {"settings": {"threshold": threshold, "min_size": min_size}, **results})
 
 
 @app.command()
@@ -395,7 +388,7 @@ def evaluate(
         f"FAUC {report['fauc']['estimate']:.3f}"
     )
     if out is not None:
-        _write_json(out, report)
+        write_json(out, report)
 
 
 def main() -> None:

@@ -64,6 +64,22 @@ IMAGE_SUFFIXES = (".nii.gz", ".nii", ".npy", ".tiff", ".tif", ".png")
 _AFFINE_KEY = "affine"
 
 
+def write_json(path: str | os.PathLike, payload: object) -> None:
+    """Write ``payload`` as indented JSON, atomically (see :func:`atomic_write`).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> target = pathlib.Path(tempfile.mkdtemp()) / "metrics.json"
+    >>> write_json(target, {"f1": 0.9})
+    >>> json.loads(target.read_text())
+    {'f1': 0.9}
+    """
+    with atomic_write(path, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2)
+        handle.write("\n")
+
+
 def image_suffix(path: str | os.PathLike) -> str:
     """The image type of ``path`` from its name: one of :data:`IMAGE_SUFFIXES`.
 
