@@ -64,6 +64,9 @@ class TrainConfig:
         distance-map targets, in ``sigma_units``.
     sigma_units : {"voxels", "mm"}
         ``"mm"`` divides ``sigma`` by the dataset's voxel spacing per axis.
+    geodesic_weight : float
+        Weight in [0, 1] of the intensity term of the geodesic distance target (0 is the
+        chamfer distance of the voxel grid, 1 intensity change only).
     foreground_weight : float
         Heatmap MSE weight of voxels where the peak-1 target exceeds
         ``foreground_threshold`` (1 elsewhere).
@@ -121,6 +124,7 @@ class TrainConfig:
     spatial_dims: int | None = None
     sigma: float = 1.0
     sigma_units: str = "voxels"
+    geodesic_weight: float = 0.5
     foreground_weight: float = 21.0
     foreground_threshold: float = 0.05
     loss_inside_mask: bool = False
@@ -178,6 +182,10 @@ def _check_ranges(config: TrainConfig) -> None:
     for name in non_negative:
         if getattr(config, name) < 0:
             raise ValueError(f"{name}: got {getattr(config, name)!r}; expected a value >= 0")
+    if not 0 <= config.geodesic_weight <= 1:
+        raise ValueError(
+            f"geodesic_weight: got {config.geodesic_weight!r}; expected a value in [0, 1]"
+        )
     if not 0 <= config.val_fraction < 1:
         raise ValueError(f"val_fraction: got {config.val_fraction!r}; expected a value in [0, 1)")
     if config.spatial_dims not in (None, 2, 3):

@@ -173,7 +173,9 @@ def _count_regression(config: TrainConfig) -> Objective:
 def _segmentation_with_count(config: TrainConfig) -> Objective:
     from weaklesion.counting import CountLoss
 
-    count_loss = CountLoss(max_count=config.max_count)
+    if config.spatial_dims is None:
+        raise ValueError("spatial_dims: got None; expected 2 or 3 for the count loss")
+    count_loss = CountLoss(spatial_dims=config.spatial_dims, max_count=config.max_count)
 
     def objective(model: nn.Module, batch: Batch, epoch: int):
         logits = model(batch["image"])

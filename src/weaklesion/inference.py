@@ -1,0 +1,350 @@
+"""Prediction: whole images or sliding windows, with optional MC-dropout sampling.
+
+Maps come back in user units whatever the network does internally:
+
+- ``"heatmap"``: the network's output divided by the run's heatmap scale, so each lesion
+  again carries mass 1 and the summed map is the expected count;
+- ``"segmentation"``: sigmoid probabilities in [0, 1];
+- ``"euclidean"`` / ``"geodesic"``: the regressed distance-decay map as it is;
+- ``"count"`` (GP-Unet): the class activation map, whose voxel mean is the predicted count.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from weaklesion._validation import check_finite
+from weaklesion.io import atomic_write
+
+KINDS = ("heatmap", "euclidean", "geodesic", "segmentation", "count")
+
+
+@dataclass
+class Prediction:
+    """A predicted map and, with MC dropout, its samples.
+
+    Attributes
+    ----------
+    map : ndarray, shape (*spatial), float32
+        The prediction in user units (see the module notes); with MC dropout, the mean of
+        the samples.
+    count : float or None
+        Predicted count: the GP-Unet count (the CAM's voxel mean) or the heatmap's sum
+        (its expected count); None for other kinds. With MC dropout, the samples' mean.
+    samples : ndarray, shape (S, *spatial), float32, or None
+        The ``S = mc_samples`` MC-dropout maps.
+    std : ndarray, shape (*spatial), float32, or None
+        Standard deviation of the samples per voxel.
+    sample_counts : ndarray, shape (S,), or None
+        The count of each sample, for the kinds that have one.
+    """
+
+    map: np.ndarray
+    count: float | None = None
+    samples: np.ndarray | None = None
+    std: np.ndarray | None = None
+    sample_counts: np.ndarray | None = None
+
+
+def _predictor(model: nn.Module, kind: str, scale: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Network input ``(N, C, *window)`` → map ``(N, 1, *window)`` in user units.
+
+    For GP-Unet the map is the CAM divided by the window's voxel count: a count density
+    whose sum over any window is that window's predicted count, so that windows stitched
+    by :func:`~monai.inferers.sliding_window_inference` still add up.
+    """
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        if kind == "count":
+            return model.attention_map(x).unsqueeze(1) / math.prod(x.shape[2:])
+        output = model(x)
+        if kind == "heatmap":
+            return output / scale
+        if kind == "segmentation":
+            return torch.sigmoid(output)
+        return output
+
+    return predict
+
+
+def _one_pass(
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    patch_size: Sequence[int] | None,
+    overlap: float,
+    blend: str,
+    sw_batch_size: int,
+) -> torch.Tensor:
+    if patch_size is None:
+        return predict(x)
+    from monai.inferers import sliding_window_inference
+
+    stitched = sliding_window_inference(
+        x, tuple(patch_size), sw_batch_size, predict, overlap=overlap, mode=blend
+    )
+    return torch.as_tensor(stitched)
+
+
+def predict_image(
+    model: nn.Module,
+    image: np.ndarray | torch.Tensor,
+    kind: str,
+    patch_size: Sequence[int] | None = None,
+    overlap: float = 0.25,
+    mc_samples: int = 0,
+    scale: float = 1.0,
+    blend: str = "gaussian",
+    sw_batch_size: int = 1,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+) -> Prediction:
+    """Predict the map of one image with a trained network.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A network from :func:`weaklesion.training.load_run` (or any module with the same
+        inputs and outputs; ``"count"`` needs an ``attention_map`` method).
+    image : (C, *spatial) array or tensor
+        One z-score-normalised image, channel first, 2D or 3D.
+    kind : {"heatmap", "euclidean", "geodesic", "segmentation", "count"}
+        What the network was trained to predict (the run's ``config.target``).
+    patch_size : sequence of ints or None
+        None predicts the whole image at once; otherwise MONAI's
+        ``sliding_window_inference`` with windows of this size, for images larger than
+        memory allows.
+    overlap : float
+        Fraction in [0, 1) by which neighbouring windows overlap.
+    mc_samples : int
+        0 for a deterministic prediction; otherwise the number of MC-dropout samples
+        (dropout kept on at inference).
+    scale : float
+        The run's heatmap scale (``info["heatmap_scale"]``); heatmap outputs are divided
+        by it. Ignored for other kinds.
+    blend : {"gaussian", "constant"}
+        How overlapping windows are averaged: weighted towards window centres, or equally.
+    sw_batch_size : int
+        Windows per network call.
+    seed : int
+        Seed of the MC-dropout masks (the global random state is left untouched).
+    device : str, torch.device or None
+        Where to run; None uses the device of the model's parameters.
+
+    Returns
+    -------
+    Prediction
+        ``map`` of shape ``spatial`` (float32), plus ``count`` for the heatmap and count
+        kinds and the samples with their standard deviation when ``mc_samples > 0``.
+
+    Examples
+    --------
+    >>> net = torch.nn.Conv2d(1, 1, 1)
+    >>> with torch.no_grad():
+    ...     _ = net.weight.fill_(2.0), net.bias.fill_(0.0)
+    >>> prediction = predict_image(net, np.ones((1, 4, 4)), "heatmap", scale=4.0)
+    >>> prediction.map.shape, float(prediction.map[0, 0]), prediction.count
+    ((4, 4), 0.5, 8.0)
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind: got {kind!r}; expected one of {', '.join(KINDS)}")
+    x = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
+    if x.ndim not in (3, 4):
+        raise ValueError(f"image: has shape {tuple(x.shape)}; expected (C, Y, X) or (C, Z, Y, X)")
+    check_finite(x, "image")
+    if patch_size is not None and len(patch_size) != x.ndim - 1:
+        raise ValueError(f"patch_size: got {tuple(patch_size)}; expected {x.ndim - 1} sizes")
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap: got {overlap!r}; expected a fraction in [0, 1)")
+    if mc_samples < 0:
+        raise ValueError(f"mc_samples: got {mc_samples!r}; expected a number >= 0")
+    if device is None:
+        device = next(iter(model.parameters()), torch.empty(0)).device
+    x = x.to(device=device, dtype=torch.float32).unsqueeze(0)
+    spatial = x.shape[2:]
+    if math.prod(spatial) == 0:
+        empty = np.zeros(tuple(spatial), dtype=np.float32)
+        return Prediction(map=empty, count=0.0 if kind in ("heatmap", "count") else None)
+
+    predict = _predictor(model, kind, scale)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if mc_samples == 0:
+                maps = _one_pass(predict, x, patch_size, overlap, blend, sw_batch_size)[None]
+            else:
+                from weaklesion.models import enable_mc_dropout
+
+                enable_mc_dropout(model)
+                devices = [device] if torch.device(device).type == "cuda" else []
+                with torch.random.fork_rng(devices=devices):
+                    torch.manual_seed(seed)
+                    maps = torch.stack(
+                        [
+                            _one_pass(predict, x, patch_size, overlap, blend, sw_batch_size)
+                            for _ in range(mc_samples)
+                        ]
+                    )
+    finally:
+        model.train(was_training)
+
+    # maps: (S, 1, 1, *spatial) → (S, *spatial)
+    maps = maps.reshape(maps.shape[0], *spatial).float().cpu().numpy()
+    counts = None
+    if kind == "count":
+        counts = maps.reshape(len(maps), -1).sum(axis=1)
+        maps = maps * math.prod(spatial)
+    elif kind == "heatmap":
+        counts = maps.reshape(len(maps), -1).sum(axis=1, dtype=np.float64)
+    count = None if counts is None else float(counts.mean())
+    if mc_samples == 0:
+        return Prediction(map=maps[0], count=count)
+    return Prediction(
+        map=maps.mean(axis=0),
+        count=count,
+        samples=maps,
+        std=maps.std(axis=0),
+        sample_counts=counts,
+    )
+
+
+_CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+def _input_cases(inputs, spacing: Sequence[float] | None) -> list:
+    """Cases to predict: every case of a dataset folder or datalist, or image files.
+
+    Files named ``CASE_0000``, ``CASE_0001``, ... are the channels of one case ``CASE``;
+    any other file is a case of its own, named after the file.
+    """
+    from weaklesion.data.dataset import Case, load_dataset
+    from weaklesion.io import image_suffix
+
+    if isinstance(inputs, str | os.PathLike) and not Path(inputs).is_file():
+        return list(load_dataset(inputs))
+    paths = [Path(inputs)] if isinstance(inputs, str | os.PathLike) else [Path(p) for p in inputs]
+    groups: dict[str, dict[int, Path]] = {}
+    for path in paths:
+        if not path.is_file():
+            raise ValueError(f"{path}: no such image file")
+        stem = path.name[: -len(image_suffix(path))]
+        match = _CHANNEL_SUFFIX.match(stem)
+        case, channel = (match["case"], int(match["channel"])) if match else (stem, 0)
+        if channel in groups.setdefault(case, {}):
+            raise ValueError(f"{path}: case {case!r} has channel {channel} twice")
+        groups[case][channel] = path
+    spacing = None if spacing is None else tuple(spacing)
+    return [
+        Case(id=case, channels=tuple(files[c] for c in sorted(files)), spacing=spacing)
+        for case, files in groups.items()
+    ]
+
+
+def predict_cases(
+    run_dir: str | os.PathLike,
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    which: str = "best",
+    patch_size: Sequence[int] | None = None,
+    overlap: float = 0.25,
+    mc_samples: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+) -> list[Path]:
+    """Predict the map of every input case with a trained run and write it next to its kin.
+
+    Parameters
+    ----------
+    run_dir : path
+        A run folder written by :func:`weaklesion.training.train`.
+    inputs : path or sequence of paths
+        A dataset folder or datalist (every case is predicted), or image files; files
+        named ``CASE_0000``, ``CASE_0001``, ... are the channels of case ``CASE``.
+    out_dir : path
+        Where to write; created if needed.
+    which : {"best", "last"} or path
+        Checkpoint of the run to use.
+    patch_size : sequence of ints or None
+        Sliding-window size; None predicts whole images (see :func:`predict_image`).
+    overlap : float
+        Overlap of neighbouring windows.
+    mc_samples : int
+        MC-dropout samples; 0 for none.
+    device : {"auto", "cpu", "cuda"}
+        ``"auto"`` uses CUDA when available.
+    progress : bool
+        Show a progress bar over the cases.
+
+    Returns
+    -------
+    list of Path
+        The written files, in case order: ``CASE_<kind>.nii.gz`` (``.npy`` for ``.npy``
+        input) holding the map in user units with the input's affine, ``CASE_<kind>_std``
+        beside it with MC dropout, and finally ``predictions.json`` with the kind, the
+        run, and each case's predicted count where the kind has one.
+
+    Raises
+    ------
+    ValueError
+        If an input cannot be read or has a different number of channels or spatial
+        dimensions than the model was trained on.
+    """
+    from weaklesion.data.normalize import zscore
+    from weaklesion.io import image_suffix, write_image
+    from weaklesion.training.checkpoint import load_run
+    from weaklesion.training.distributed import device_for
+
+    model, config, info = load_run(run_dir, which, device_for(device))
+    kind = config.target
+    out_dir = Path(out_dir)
+    cases = _input_cases(inputs, info.get("spacing"))
+    written, summary = [], {}
+    if progress:
+        from rich.progress import track
+
+        cases = track(cases, description="Predicting")
+    for case in cases:
+        arrays = case.load()
+        image = arrays.image
+        if image.shape[0] != info["in_channels"] or image.ndim - 1 != config.spatial_dims:
+            raise ValueError(
+                f"{case.channels[0]}: has {image.shape[0]} channel(s) of "
+                f"{image.ndim - 1}D images; expected {info['in_channels']} channel(s) of "
+                f"{config.spatial_dims}D images as the model was trained on"
+            )
+        prediction = predict_image(
+            model,
+            zscore(image),
+            kind,
+            patch_size=patch_size,
+            overlap=overlap,
+            mc_samples=mc_samples,
+            scale=info["heatmap_scale"],
+        )
+        suffix = ".npy" if image_suffix(case.channels[0]) == ".npy" else ".nii.gz"
+        maps = {kind: prediction.map}
+        if prediction.std is not None:
+            maps[f"{kind}_std"] = prediction.std
+        for name, array in maps.items():
+            path = out_dir / f"{case.id}_{name}{suffix}"
+            write_image(path, array.astype(np.float32), arrays.affine)
+            written.append(path)
+        summary[case.id] = {"count": prediction.count}
+        if prediction.sample_counts is not None:
+            summary[case.id]["sample_counts"] = prediction.sample_counts.tolist()
+    summary_path = out_dir / "predictions.json"
+    with atomic_write(summary_path, "w", encoding="utf-8") as handle:
+        json.dump({"kind": kind, "run": str(run_dir), "cases": summary}, handle, indent=2)
+        handle.write("\n")
+    written.append(summary_path)
+    return written

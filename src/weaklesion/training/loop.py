@@ -1,0 +1,529 @@
+"""The training loop: one function for every kind of weak label.
+
+:func:`train` checks the dataset, caches it, builds the network the configuration names,
+and runs Adam for ``config.epochs`` epochs with the objective of
+:func:`~weaklesion.training.objectives.objective_for`. After each epoch it validates
+with a metric that fits the task, keeps the best epoch in ``best.pt`` and every epoch in
+``last.pt``, and rewrites ``history.jsonl`` and ``metrics.json``. An interrupted run
+resumes from ``last.pt`` to the same weights, bit for bit, as a run that was never
+interrupted (on CPU; on GPU up to the determinism of its kernels).
+
+Validation metrics (the first named is the one that picks the best epoch):
+
+=====================  ===============================================================
+target                 metrics
+=====================  ===============================================================
+heatmap                detection F1 (max) of iterative Gaussian fitting, the existence
+                       threshold tuned on the validation cases; precision, recall,
+                       count MAE of the summed heatmap
+euclidean, geodesic    detection F1 (max) of connected components, the threshold tuned
+                       on the validation cases
+segmentation (masks)   lesion F1 (max): components of the probability map at 0.5 hit a
+                       true lesion; Dice
+segmentation           count NLL (min) of the Poisson-binomial count distribution;
+(masks+counts)         count accuracy, Dice
+count                  count MAE (min) of the GP-Unet count; count accuracy
+=====================  ===============================================================
+
+A detection matches a true lesion within ``config.match_distance`` (in mm with
+``sigma_units="mm"``, else in voxels), one-to-one (:func:`weaklesion.metrics.match_points`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from weaklesion.inference import predict_image
+from weaklesion.io import atomic_write
+from weaklesion.training import distributed
+from weaklesion.training.checkpoint import (
+    build_model_for,
+    load_checkpoint,
+    run_state,
+    save_checkpoint,
+)
+from weaklesion.training.config import TrainConfig, config_from_dict, save_config
+from weaklesion.training.data import (
+    DROPOUT_STREAM,
+    LesionDataset,
+    TrainingCase,
+    collate,
+    epoch_batches,
+    heatmap_scale,
+    load_training_cases,
+    sigma_voxels,
+    stream_seed,
+)
+from weaklesion.training.objectives import objective_for
+
+# Candidate existence thresholds tried when tuning detection on the validation cases.
+THRESHOLDS = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2).tolist())
+# Most lesions fitted per validation heatmap: an untrained network's flat output would
+# otherwise be cut into the detector's default of 1000 Gaussians every epoch.
+VALIDATION_MAX_LESIONS = 100
+# Config fields a resumed run may change: they do not alter what is computed.
+RESUMABLE_CHANGES = ("epochs", "device", "num_threads")
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    Attributes
+    ----------
+    run_dir : Path
+        The run folder.
+    epochs_completed : int
+        Epochs trained so far, in this call and before it.
+    best_epoch : int
+        1-based epoch of ``best.pt``.
+    metric : str
+        Name of the validation metric that chose it.
+    best_value : float
+        Its value then.
+    history : list of dict
+        One record per epoch (as in ``history.jsonl``).
+    """
+
+    run_dir: Path
+    epochs_completed: int
+    best_epoch: int
+    metric: str
+    best_value: float
+    history: list[dict[str, Any]]
+
+    @property
+    def best_path(self) -> Path:
+        """The best checkpoint."""
+        return self.run_dir / "best.pt"
+
+    @property
+    def last_path(self) -> Path:
+        """The checkpoint of the last epoch."""
+        return self.run_dir / "last.pt"
+
+
+def _metric_name(config: TrainConfig) -> tuple[str, str]:
+    """Name and direction ("max" or "min") of the metric that picks the best epoch."""
+    if config.target == "count":
+        return "count_mae", "min"
+    if config.labels == "masks+counts":
+        return "count_nll", "min"
+    return "f1", "max"
+
+
+def _tuned_detection(
+    detect: Callable[[float], list[np.ndarray]],
+    truths: Sequence[np.ndarray],
+    max_distance: float,
+    spacings: Sequence[np.ndarray | None],
+) -> dict[str, float]:
+    """Best F1 over :data:`THRESHOLDS` of ``detect(threshold)``, and the threshold giving it.
+
+    ``detect`` returns the detected points of every case at a threshold.
+    """
+    from weaklesion.metrics import detection_scores, match_points
+
+    best = {"f1": -1.0}
+    for threshold in THRESHOLDS:
+        found = detect(threshold)
+        scores = detection_scores(
+            [
+                match_points(points, truth, max_distance, spacing=spacing)
+                for points, truth, spacing in zip(found, truths, spacings, strict=True)
+            ]
+        )
+        if scores.f1 > best["f1"]:
+            best = {
+                "f1": scores.f1,
+                "precision": scores.precision,
+                "recall": scores.recall,
+                "threshold": threshold,
+            }
+    return best
+
+
+def _dice(probabilities: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """Intersection and sum of sizes of the 0.5-binarised map and the true mask."""
+    predicted = probabilities >= 0.5
+    return float(np.logical_and(predicted, truth).sum()), float(predicted.sum() + truth.sum())
+
+
+def validate(
+    model: nn.Module, cases: Sequence[TrainingCase], config: TrainConfig, scale: float
+) -> dict[str, float]:
+    """Validation metrics of ``model`` on ``cases`` (see the module notes for which).
+
+    Returns
+    -------
+    dict of str to float
+        Always holds the metric of :func:`_metric_name`; ``"threshold"`` too where a
+        detection threshold is tuned.
+    """
+    predictions = [
+        predict_image(model, case.image, config.target, config.patch_size, scale=scale)
+        for case in cases
+    ]
+    if config.target == "count":
+        from weaklesion.metrics import count_accuracy, count_mae
+
+        predicted = [p.count for p in predictions]
+        truth = [case.count for case in cases]
+        return {
+            "count_mae": count_mae(predicted, truth),
+            "count_accuracy": count_accuracy(predicted, truth),
+        }
+    if config.target == "segmentation":
+        return _segmentation_metrics(predictions, cases, config)
+    spacings = [case.spacing if config.sigma_units == "mm" else None for case in cases]
+    if config.target == "heatmap":
+        from weaklesion.detection import fit_gaussians
+
+        fits = [
+            fit_gaussians(
+                p.map, sigma_voxels(config, case.spacing), max_lesions=VALIDATION_MAX_LESIONS
+            )
+            for p, case in zip(predictions, cases, strict=True)
+        ]
+
+        def detect(threshold: float) -> list[np.ndarray]:
+            return [found.points[found.scores >= threshold] for found in fits]
+    else:
+        from weaklesion.detection import component_detections
+
+        def detect(threshold: float) -> list[np.ndarray]:
+            return [component_detections(p.map, threshold).points for p in predictions]
+
+    truths = [case.points for case in cases]
+    metrics = _tuned_detection(detect, truths, config.match_distance, spacings)
+    if config.target == "heatmap":
+        errors = [abs(p.count - len(t)) for p, t in zip(predictions, truths, strict=True)]
+        metrics["count_mae"] = float(np.mean(errors))
+    return metrics
+
+
+def _segmentation_metrics(predictions, cases, config: TrainConfig) -> dict[str, float]:
+    from weaklesion.metrics import detection_scores, match_to_regions
+
+    intersection = total = 0.0
+    matches = []
+    nll, correct = [], []
+    for prediction, case in zip(predictions, cases, strict=True):
+        overlap, size = _dice(prediction.map, case.instances > 0)
+        intersection, total = intersection + overlap, total + size
+        if config.labels == "masks+counts":
+            from weaklesion.counting import count_distribution
+
+            pmf = np.asarray(count_distribution(prediction.map).pmf, dtype=float)
+            truth = int(case.count)
+            probability = pmf[truth] if truth < len(pmf) else 0.0
+            nll.append(-math.log(max(probability, 1e-12)))
+            correct.append(int(np.argmax(pmf)) == truth)
+        else:
+            from weaklesion.detection import component_detections
+
+            found = component_detections(prediction.map, threshold=0.5)
+            matches.append(match_to_regions(np.asarray(found.points), case.instances))
+    metrics = {"dice": 1.0 if total == 0 else 2 * intersection / total}
+    if config.labels == "masks+counts":
+        metrics.update(count_nll=float(np.mean(nll)), count_accuracy=float(np.mean(correct)))
+    else:
+        scores = detection_scores(matches)
+        metrics.update(f1=scores.f1, precision=scores.precision, recall=scores.recall)
+    return metrics
+
+
+def _is_better(value: float, best: float | None, mode: str) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    return value > best if mode == "max" else value < best
+
+
+def _write_json(path: Path, value: Any) -> None:
+    with atomic_write(path, "w", encoding="utf-8") as handle:
+        json.dump(value, handle, indent=2)
+        handle.write("\n")
+
+
+def _write_history(path: Path, history: Sequence[dict[str, Any]]) -> None:
+    with atomic_write(path, "w", encoding="utf-8") as handle:
+        for record in history:
+            handle.write(json.dumps(record) + "\n")
+
+
+def _check_resumable(stored: TrainConfig, config: TrainConfig, path: Path) -> None:
+    old, new = dataclasses.asdict(stored), dataclasses.asdict(config)
+    changed = [k for k in old if k not in RESUMABLE_CHANGES and old[k] != new[k]]
+    if changed:
+        details = ", ".join(f"{k} {old[k]!r} -> {new[k]!r}" for k in changed)
+        raise ValueError(f"{path}: cannot resume with a different configuration ({details})")
+
+
+def _progress(enabled: bool):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4g}"),
+        TextColumn("{task.fields[speed]:.1f} samples/s"),
+        TextColumn("{task.fields[validation]}"),
+        TimeElapsedColumn(),
+        disable=not enabled,
+    )
+
+
+def train(
+    config: TrainConfig,
+    data_root: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    resume: bool = False,
+    progress: bool = True,
+    max_epochs: int | None = None,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train a model from a dataset folder's weak labels.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        What to train and how; ``spatial_dims`` is filled in from the data.
+    data_root : path
+        Dataset folder (see :func:`weaklesion.data.load_dataset`). It must pass
+        :func:`weaklesion.data.check_dataset`.
+    run_dir : path
+        Run folder: ``config.toml``, ``last.pt``, ``best.pt``, ``history.jsonl``,
+        ``metrics.json``. A new run refuses a folder that already has ``last.pt``.
+    resume : bool
+        Continue from ``run_dir/last.pt`` (model, optimiser, epoch, history and best
+        epoch), with the same data order, augmentation and dropout as an uninterrupted
+        run. Without a ``last.pt`` the run starts afresh. Only ``epochs``, ``device`` and
+        ``num_threads`` may differ from the stored configuration.
+    progress : bool
+        Show a progress bar (rich) with the loss and samples per second.
+    max_epochs : int or None
+        Stop once this many epochs (in all) are done, even if ``config.epochs`` is more;
+        a later ``resume=True`` continues to ``config.epochs``.
+    on_epoch_end : callable ``(epoch, record) -> None`` or None
+        Called after each epoch's checkpoint, with the 1-based epoch and its history
+        record. An exception raised here stops training (the checkpoint is kept).
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    ValueError
+        If the dataset has problems (all listed), lacks the labels ``config.labels``
+        needs, the run folder holds another run, or the configuration does not fit the
+        data.
+
+    Notes
+    -----
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) each process trains on its share of every
+    epoch in ``DistributedDataParallel``; only rank 0 validates and writes files. See
+    :mod:`weaklesion.training.distributed`.
+    """
+    run_dir = Path(run_dir)
+    torch.set_num_threads(config.num_threads)
+    device = distributed.device_for(config.device)
+    train_cases, val_cases, data_info = load_training_cases(data_root, config)
+    config = dataclasses.replace(config, spatial_dims=data_info["spatial_dims"])
+    if config.patch_size is not None and len(config.patch_size) != config.spatial_dims:
+        raise ValueError(
+            f"patch_size: got {config.patch_size}; expected {config.spatial_dims} sizes"
+        )
+    last_path = run_dir / "last.pt"
+    state = None
+    if last_path.exists():
+        if not resume:
+            raise ValueError(
+                f"{run_dir}: holds a run already (last.pt); resume it or use a new folder"
+            )
+        state = load_checkpoint(last_path)
+        _check_resumable(config_from_dict(state["config"]), config, last_path)
+
+    sigma = sigma_voxels(config, data_info["spacing"])
+    scale = heatmap_scale(sigma) if config.target == "heatmap" else 1.0
+    metric, mode = _metric_name(config) if val_cases else ("loss", "min")
+    info = {
+        "in_channels": data_info["in_channels"],
+        "spatial_dims": config.spatial_dims,
+        "channels": list(data_info["channels"]),
+        "spacing": [float(s) for s in data_info["spacing"]],
+        "kind": config.target,
+        "heatmap_scale": scale,
+        "metric": metric,
+        "mode": mode,
+        "train_cases": [case.name for case in train_cases],
+        "val_cases": [case.name for case in val_cases],
+    }
+
+    torch.manual_seed(config.seed)
+    network = build_model_for(config, info["in_channels"]).to(device)
+    optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
+    history: list[dict[str, Any]] = []
+    start = 0
+    if state is not None:
+        network.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history, start = list(state["history"]), int(state["epoch"])
+        info.update({k: v for k, v in state["info"].items() if k.startswith("best")})
+    objective = objective_for(config)
+    dataset = LesionDataset(train_cases, config, scale)
+    stop = min(config.epochs, max_epochs) if max_epochs is not None else config.epochs
+
+    with distributed.process_group(device) as (rank, world_size):
+        model = distributed.wrap(network, device)
+        writer = rank == 0
+        if writer and state is None:
+            save_config(config, run_dir / "config.toml")
+        steps = len(epoch_batches(len(dataset), config.batch_size, 0, 0, rank, world_size))
+        with _progress(progress and writer) as bar:
+            task = bar.add_task(
+                "training", total=(stop - start) * steps, loss=math.nan, speed=0.0, validation=""
+            )
+            for epoch in range(start, stop):
+                bar.update(task, description=f"epoch {epoch + 1}/{config.epochs}")
+                record = _train_epoch(
+                    model, objective, optimizer, dataset, config, epoch, device, bar, task
+                )
+                if writer:
+                    record = _end_epoch(
+                        network,
+                        optimizer,
+                        epoch,
+                        config,
+                        info,
+                        history,
+                        record,
+                        val_cases,
+                        scale,
+                        run_dir,
+                    )
+                    bar.update(task, validation=_summary(record, metric))
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch + 1, record)
+    return TrainResult(
+        run_dir=run_dir,
+        epochs_completed=max(stop, start),
+        best_epoch=int(info.get("best_epoch", 0)),
+        metric=metric,
+        best_value=float(info.get("best_value", math.nan)),
+        history=history,
+    )
+
+
+def _summary(record: dict[str, Any], metric: str) -> str:
+    value = record.get(f"val_{metric}", record.get(metric))
+    return f"val {metric} {value:.3f}" if isinstance(value, float) else ""
+
+
+def _train_epoch(
+    model: nn.Module,
+    objective,
+    optimizer: torch.optim.Optimizer,
+    dataset: LesionDataset,
+    config: TrainConfig,
+    epoch: int,
+    device: torch.device,
+    bar,
+    task,
+) -> dict[str, Any]:
+    """One epoch of optimisation; returns the epoch's mean logs over all processes."""
+    rank, world_size, _ = distributed.world()
+    dataset.set_epoch(epoch)
+    torch.manual_seed(stream_seed(config.seed, DROPOUT_STREAM, epoch, rank))
+    model.train()
+    totals: dict[str, float] = {}
+    samples = 0
+    started = time.perf_counter()
+    for indices in epoch_batches(
+        len(dataset), config.batch_size, config.seed, epoch, rank, world_size
+    ):
+        batch = collate([dataset[int(i)] for i in indices])
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        loss, logs = objective(model, batch, epoch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for key, value in logs.items():
+            totals[key] = totals.get(key, 0.0) + value * len(indices)
+        samples += len(indices)
+        elapsed = time.perf_counter() - started
+        bar.update(task, advance=1, loss=logs["loss"], speed=samples * world_size / elapsed)
+    totals = distributed.sum_over_processes({**totals, "samples": samples}, device)
+    count = max(totals.pop("samples"), 1)
+    seconds = time.perf_counter() - started
+    record = {"epoch": epoch + 1, **{k: v / count for k, v in totals.items()}}
+    record.update(seconds=seconds, samples_per_second=count / max(seconds, 1e-9))
+    return record
+
+
+def _end_epoch(
+    network: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    config: TrainConfig,
+    info: dict[str, Any],
+    history: list[dict[str, Any]],
+    record: dict[str, Any],
+    val_cases: Sequence[TrainingCase],
+    scale: float,
+    run_dir: Path,
+) -> dict[str, Any]:
+    """Validate, update the best checkpoint, write last.pt and the logs (rank 0)."""
+    metric, mode = info["metric"], info["mode"]
+    if val_cases:
+        started = time.perf_counter()
+        metrics = validate(network, val_cases, config, scale)
+        record.update({f"val_{k}": v for k, v in metrics.items()})
+        record["val_seconds"] = time.perf_counter() - started
+        value = metrics[metric]
+        info["threshold"] = metrics.get("threshold")
+    else:
+        value = record["loss"]
+    history.append(record)
+    if _is_better(value, info.get("best_value"), mode):
+        info.update(best_epoch=epoch + 1, best_value=value, best_threshold=info.get("threshold"))
+        save_checkpoint(
+            run_dir / "best.pt", run_state(network, None, epoch + 1, config, info, history)
+        )
+    save_checkpoint(
+        run_dir / "last.pt", run_state(network, optimizer, epoch + 1, config, info, history)
+    )
+    _write_history(run_dir / "history.jsonl", history)
+    _write_json(
+        run_dir / "metrics.json",
+        {
+            "epochs_completed": epoch + 1,
+            "metric": metric,
+            "mode": mode,
+            "best_epoch": info.get("best_epoch"),
+            "best_value": info.get("best_value"),
+            "best_threshold": info.get("best_threshold"),
+            "heatmap_scale": info["heatmap_scale"],
+            "last": record,
+        },
+    )
+    return record
