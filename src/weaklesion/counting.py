@@ -241,11 +241,12 @@ def _label_regions(
     values: np.ndarray, threshold: float, connectivity: int, min_size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Labels, sizes and arg-max indices of the regions of ``values > threshold``."""
+    foreground = values > threshold
     labels, count = cc3d.connected_components(
-        values > threshold, connectivity=connectivity, return_N=True, out_dtype=np.uint64
+        foreground, connectivity=connectivity, return_N=True, out_dtype=np.uint64
     )
     labels = labels.view(np.int64)
-    voxels = np.flatnonzero(labels)
+    voxels = np.flatnonzero(foreground)
     region = labels.reshape(-1)[voxels]
     sizes = np.bincount(region, minlength=count + 1)[1:]
     # cc3d numbers regions in its own scan order (not raster order in 2D at 8-connectivity),
@@ -260,7 +261,8 @@ def _label_regions(
         labels, region, sizes, count = renumber[labels], renumber[region], sizes[order], len(order)
         voxels, region = voxels[region > 0], region[region > 0]
     voxel_values = values.reshape(-1)[voxels]
-    peak = np.full(count + 1, -np.inf)
+    # same dtype as the values: ufunc.at is fast only without casting
+    peak = np.full(count + 1, -np.inf, dtype=voxel_values.dtype)
     np.maximum.at(peak, region, voxel_values)
     at_peak = voxel_values == peak[region]
     argmax = np.full(count + 1, values.size, dtype=np.int64)
@@ -315,6 +317,8 @@ def candidate_regions(
     >>> candidate_regions(prob_map, min_size=2).probabilities
     array([0.8])
     """
+    if not isinstance(prob_map, torch.Tensor):
+        prob_map = np.asarray(prob_map)
     check_spatial(prob_map, "prob_map")
     connectivity = _check_region_options(prob_map.ndim, threshold, connectivity, min_size)
     values = _numpy_values(prob_map)
@@ -522,6 +526,8 @@ def count_distribution(
     >>> count_distribution(np.stack([prob_map, np.zeros((5, 5))]), batch=True).mean
     array([1.4, 0. ])
     """
+    if not isinstance(prob_map, torch.Tensor):
+        prob_map = np.asarray(prob_map)
     check_spatial(prob_map, "prob_map", dims=(3, 4) if batch else (2, 3))
     spatial_dims = prob_map.ndim - 1 if batch else prob_map.ndim
     connectivity = _check_region_options(spatial_dims, threshold, connectivity, min_size)
