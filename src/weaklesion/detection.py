@@ -1,0 +1,1164 @@
+"""Detectors that turn predicted maps into lesion detections.
+
+Every detector returns a :class:`Detections` record: sub-voxel lesion centres in voxel
+coordinates, (z, y, x) in 3D or (y, x) in 2D, one score per lesion, and named per-lesion
+extras. Detections come sorted by score, highest first (ties keep the order in which the
+detector found them).
+
+- :func:`fit_gaussians` extracts lesions from a heatmap of mass-1 Gaussians by iterative
+  Gaussian fitting; the score is the fitted amplitude, an existence probability.
+- :func:`component_detections` thresholds a probability map and turns each connected
+  component into one lesion.
+- :func:`peak_detections` keeps the local maxima of a map (non-maximum suppression).
+- :func:`count_guided_threshold` and :func:`count_guided_detections` pick the threshold at
+  which the map has a given number of connected components.
+
+Detections are written to and read from CSV (one file for many cases) and JSON; voxel
+coordinates go with world coordinates in mm when an affine or a spacing is known.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import cc3d
+import numpy as np
+import torch
+from scipy import ndimage
+
+from weaklesion._validation import (
+    ArrayLike,
+    axis_spacing,
+    check_finite,
+    check_spatial,
+)
+from weaklesion.io import atomic_write
+from weaklesion.targets import gaussian_window
+
+_AXES = {2: ("y", "x"), 3: ("z", "y", "x")}
+_FULL_CONNECTIVITY = {2: 8, 3: 26}
+_CONNECTIVITIES = {2: (4, 8), 3: (6, 18, 26)}
+
+
+def _as_array(values: ArrayLike, name: str) -> np.ndarray:
+    """Return ``values`` (NumPy array or torch tensor) as a NumPy array."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    values = np.asarray(values)
+    if values.dtype.kind not in "biuf":
+        raise ValueError(f"{name}: has dtype {values.dtype}; expected real numbers")
+    return values
+
+
+def _spatial_map(values: ArrayLike, name: str) -> np.ndarray:
+    """Return a finite 2D or 3D map as a NumPy array, or raise a one-line ``ValueError``."""
+    values = _as_array(values, name)
+    check_spatial(values, name)
+    # One sum is finite exactly when every value is, barring overflow (then check all).
+    if not np.isfinite(values.sum()):
+        check_finite(values, name)
+    return values
+
+
+# --------------------------------------------------------------------------------------
+# The record every detector returns
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Detections:
+    """Lesion detections in one image: centres, scores and named per-lesion extras.
+
+    Parameters
+    ----------
+    points : (N, D) float array
+        Sub-voxel lesion centres in voxel coordinates along the array axes, (z, y, x) for
+        D = 3 or (y, x) for D = 2.
+    scores : (N,) float array
+        One score per lesion, higher is more likely a lesion; in [0, 1] where the
+        detector gives probabilities.
+    extras : dict of str to (N,) arrays
+        Named per-lesion values that depend on the detector (``amplitude``,
+        ``window_sum``, ``size``, ...). Names must differ from the CSV columns ``case``,
+        ``z``, ``y``, ``x``, ``z_mm``, ``y_mm``, ``x_mm`` and ``score``.
+
+    Examples
+    --------
+    >>> found = Detections([[4.0, 2.5], [1.0, 7.0]], [0.2, 0.9], {"size": [3, 8]})
+    >>> found
+    Detections(n=2, spatial_dims=2, extras=['size'])
+    >>> found.sorted().points
+    array([[1. , 7. ],
+           [4. , 2.5]])
+    >>> len(found.above(0.5)), found.top(1).extras["size"]
+    (1, array([8]))
+    """
+
+    points: np.ndarray
+    scores: np.ndarray
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        points = np.asarray(_as_array(self.points, "points"), dtype=float)
+        if points.ndim != 2 or points.shape[1] not in _AXES:
+            raise ValueError(
+                f"points: has shape {points.shape}; expected (N, 2) or (N, 3) coordinates"
+            )
+        check_finite(points, "points")
+        scores = np.asarray(_as_array(self.scores, "scores"), dtype=float)
+        if scores.shape != (len(points),):
+            raise ValueError(
+                f"scores: has shape {scores.shape}; expected ({len(points)},), one per point"
+            )
+        check_finite(scores, "scores")
+        extras = {}
+        reserved = {"case", "score", *_AXES[3], *(f"{a}_mm" for a in _AXES[3])}
+        for name, values in dict(self.extras).items():
+            if not isinstance(name, str) or not name or name in reserved:
+                raise ValueError(
+                    f"extras: name {name!r} is not allowed; expected a non-empty string "
+                    f"other than {sorted(reserved)}"
+                )
+            values = _as_array(values, f"extras[{name!r}]")
+            if values.dtype.kind == "b":
+                values = values.astype(np.int64)
+            if values.shape != (len(points),):
+                raise ValueError(
+                    f"extras[{name!r}]: has shape {values.shape}; "
+                    f"expected ({len(points)},), one per point"
+                )
+            extras[name] = values
+        object.__setattr__(self, "points", points)
+        object.__setattr__(self, "scores", scores)
+        object.__setattr__(self, "extras", extras)
+
+    @classmethod
+    def empty(cls, spatial_dims: int, extras: Iterable[str] = ()) -> Detections:
+        """No detections: ``points`` of shape (0, spatial_dims) and empty ``extras``.
+
+        Examples
+        --------
+        >>> Detections.empty(3, ["size"]).points.shape
+        (0, 3)
+        """
+        return cls(np.zeros((0, spatial_dims)), np.zeros(0), {k: np.zeros(0) for k in extras})
+
+    @classmethod
+    def concat(cls, items: Sequence[Detections]) -> Detections:
+        """Join detections of the same dimension and extras into one record, in order.
+
+        Examples
+        --------
+        >>> a = Detections([[1.0, 2.0]], [0.5])
+        >>> b = Detections([[3.0, 4.0], [5.0, 6.0]], [0.1, 0.7])
+        >>> Detections.concat([a, b]).scores
+        array([0.5, 0.1, 0.7])
+        """
+        if not items:
+            raise ValueError("items: is empty; expected at least one Detections")
+        first = items[0]
+        for item in items[1:]:
+            if item.spatial_dims != first.spatial_dims or item.extras.keys() != first.extras.keys():
+                raise ValueError(
+                    f"items: mix {first.spatial_dims}D detections with extras "
+                    f"{sorted(first.extras)} and {item.spatial_dims}D ones with extras "
+                    f"{sorted(item.extras)}; expected the same dimension and extras"
+                )
+        return cls(
+            np.concatenate([item.points for item in items]),
+            np.concatenate([item.scores for item in items]),
+            {k: np.concatenate([item.extras[k] for item in items]) for k in first.extras},
+        )
+
+    @property
+    def spatial_dims(self) -> int:
+        """Number of spatial axes, 2 or 3."""
+        return self.points.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def __getitem__(self, index: slice | np.ndarray | Sequence[int]) -> Detections:
+        """The detections selected by a slice, an index array or a boolean mask."""
+        if not isinstance(index, slice):
+            index = np.asarray(index)
+            if index.dtype.kind not in "biu":
+                raise ValueError(f"index: has dtype {index.dtype}; expected integers or booleans")
+        return Detections(
+            self.points[index],
+            self.scores[index],
+            {k: v[index] for k, v in self.extras.items()},
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Detections(n={len(self)}, spatial_dims={self.spatial_dims}, "
+            f"extras={list(self.extras)})"
+        )
+
+    def sorted(self) -> Detections:
+        """The detections ordered by score, highest first; ties keep their order."""
+        return self[np.argsort(-self.scores, kind="stable")]
+
+    def top(self, n: int) -> Detections:
+        """The ``n`` highest-scoring detections, highest first."""
+        if n < 0:
+            raise ValueError(f"n: got {n}; expected a count >= 0")
+        return self.sorted()[: int(n)]
+
+    def above(self, threshold: float) -> Detections:
+        """The detections whose score is strictly above ``threshold``, in their order."""
+        return self[self.scores > threshold]
+
+    def to_world(
+        self,
+        affine: ArrayLike | None = None,
+        spacing: float | Sequence[float] | None = None,
+    ) -> np.ndarray:
+        """World coordinates in mm, from an affine or from a voxel spacing.
+
+        Our voxel axes are the array axes, so for a 3D image loaded with nibabel the
+        point (z, y, x) is the voxel index (i, j, k) of ``img.affine`` and
+        ``world = affine @ [z, y, x, 1]`` (the names z, y, x only name array axes 0, 1,
+        2; which anatomical direction each is depends on the affine). In 2D the affine
+        is 3 x 3 and ``world = affine @ [y, x, 1]``.
+
+        Parameters
+        ----------
+        affine : (D + 1, D + 1) array, optional
+            Voxel-to-world matrix.
+        spacing : float or sequence of D floats, optional
+            Voxel size in mm per axis; world = voxel * spacing (origin at voxel 0).
+            Give exactly one of ``affine`` and ``spacing``.
+
+        Returns
+        -------
+        (N, D) float array of world coordinates in mm.
+
+        Examples
+        --------
+        >>> found = Detections([[1.0, 2.0, 3.0]], [1.0])
+        >>> found.to_world(np.diag([2.0, 3.0, 4.0, 1.0]))
+        array([[ 2.,  6., 12.]])
+        >>> found.to_world(spacing=(3, 1, 1))
+        array([[3., 2., 3.]])
+        """
+        dims = self.spatial_dims
+        if (affine is None) == (spacing is None):
+            raise ValueError("affine, spacing: got both or neither; expected exactly one")
+        if spacing is not None:
+            return self.points * axis_spacing(spacing, dims, "spacing")
+        matrix = np.asarray(_as_array(affine, "affine"), dtype=float)
+        if matrix.shape != (dims + 1, dims + 1):
+            raise ValueError(
+                f"affine: has shape {matrix.shape}; expected ({dims + 1}, {dims + 1}) "
+                f"for {dims}D points"
+            )
+        check_finite(matrix, "affine")
+        return self.points @ matrix[:dims, :dims].T + matrix[:dims, dims]
+
+    def to_csv(
+        self,
+        path: str | os.PathLike,
+        case: str | None = None,
+        affine: ArrayLike | None = None,
+        spacing: float | Sequence[float] | None = None,
+    ) -> None:
+        """Write one row per detection: [case,] z, y, x, [z_mm, y_mm, x_mm,] score, extras.
+
+        The ``case`` column is written when ``case`` is given; the world columns (mm,
+        see :meth:`to_world`) when ``affine`` or ``spacing`` is given. 2D detections
+        have y, x only. Floats are written in full precision, so reading back gives
+        the same numbers. To write many cases to one file use
+        :func:`write_detections_csv`.
+
+        Examples
+        --------
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "detections.csv"
+        >>> Detections([[1.0, 2.5]], [0.75], {"size": [4]}).to_csv(path, spacing=0.5)
+        >>> print(path.read_text().strip())
+        y,x,y_mm,x_mm,score,size
+        1.0,2.5,0.5,1.25,0.75,4
+        >>> Detections.from_csv(path).points
+        array([[1. , 2.5]])
+        """
+        _write_csv(path, [(case, self, affine, spacing)], with_case=case is not None)
+
+    @classmethod
+    def from_csv(cls, path: str | os.PathLike, case: str | None = None) -> Detections:
+        """Read detections written by :meth:`to_csv` or :func:`write_detections_csv`.
+
+        Voxel columns are read; world (mm) columns are ignored. With ``case``, only the
+        rows of that case are returned (none if it has no rows); without it, the file
+        must hold a single case.
+        """
+        columns, groups = _read_csv(path)
+        if case is not None:
+            if "case" not in columns:
+                raise ValueError(f"{path}: has no 'case' column; cannot select case {case!r}")
+            return groups.get(case, _empty_like_columns(columns))
+        if len(groups) > 1:
+            raise ValueError(
+                f"{path}: holds {len(groups)} cases; pass case= or use read_detections_csv"
+            )
+        return next(iter(groups.values()), _empty_like_columns(columns))
+
+    def to_json(
+        self,
+        path: str | os.PathLike,
+        case: str | None = None,
+        affine: ArrayLike | None = None,
+        spacing: float | Sequence[float] | None = None,
+    ) -> None:
+        """Write the detections as a JSON object (with world coordinates when known).
+
+        Keys: ``spatial_dims``, ``axes``, ``points`` (voxel), ``scores``, ``extras``,
+        and ``case``, ``points_mm`` when given.
+
+        Examples
+        --------
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "detections.json"
+        >>> Detections([[1.0, 2.0, 3.0]], [0.5]).to_json(path, case="a")
+        >>> Detections.from_json(path).points
+        array([[1., 2., 3.]])
+        """
+        record: dict = {
+            "spatial_dims": self.spatial_dims,
+            "axes": list(_AXES[self.spatial_dims]),
+        }
+        if case is not None:
+            record["case"] = case
+        record["points"] = self.points.tolist()
+        if affine is not None or spacing is not None:
+            record["points_mm"] = self.to_world(affine, spacing).tolist()
+        record["scores"] = self.scores.tolist()
+        record["extras"] = {k: v.tolist() for k, v in self.extras.items()}
+        with atomic_write(path) as handle:
+            json.dump(record, handle, indent=1)
+            handle.write("\n")
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> Detections:
+        """Read detections written by :meth:`to_json`."""
+        try:
+            with open(path) as handle:
+                record = json.load(handle)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: is not valid JSON ({error})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: holds {type(record).__name__}; expected an object")
+        for key in ("spatial_dims", "points", "scores"):
+            if key not in record:
+                raise ValueError(f"{path}: lacks the key {key!r}")
+        dims = record["spatial_dims"]
+        if dims not in _AXES:
+            raise ValueError(f"{path}: key 'spatial_dims' is {dims!r}; expected 2 or 3")
+        try:
+            points = np.asarray(record["points"], dtype=float).reshape(-1, dims)
+            return cls(points, record["scores"], record.get("extras", {}))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: {error}") from None
+
+
+def write_detections_csv(
+    path: str | os.PathLike,
+    detections: Mapping[str, Detections],
+    affine: ArrayLike | Mapping[str, ArrayLike] | None = None,
+    spacing: float | Sequence[float] | Mapping[str, float | Sequence[float]] | None = None,
+) -> None:
+    """Write the detections of many cases to one CSV with a ``case`` column.
+
+    Parameters
+    ----------
+    path : path-like
+        Output file, written atomically.
+    detections : mapping of case name to Detections
+        All of the same dimension and extras; cases are written in mapping order.
+    affine, spacing : optional
+        One value for every case or a mapping from case name to value; when given, the
+        world columns (mm) are written, see :meth:`Detections.to_world`.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "all.csv"
+    >>> write_detections_csv(path, {
+    ...     "a": Detections([[1.0, 2.0]], [0.9]),
+    ...     "b": Detections([[3.0, 4.0], [5.0, 6.0]], [0.8, 0.4]),
+    ... })
+    >>> {case: len(found) for case, found in read_detections_csv(path).items()}
+    {'a': 1, 'b': 2}
+    """
+
+    def pick(value, case):
+        return value[case] if isinstance(value, Mapping) else value
+
+    groups = [
+        (case, found, pick(affine, case), pick(spacing, case)) for case, found in detections.items()
+    ]
+    if not groups:
+        raise ValueError("detections: is empty; expected at least one case")
+    _write_csv(path, groups, with_case=True)
+
+
+def read_detections_csv(path: str | os.PathLike) -> dict[str, Detections]:
+    """Read a detections CSV into a mapping from case name to :class:`Detections`.
+
+    A file without a ``case`` column gives one entry under the name ``""``. Cases appear
+    in the order of their first row; a case written with no detections has no rows and
+    so does not come back.
+    """
+    return _read_csv(path)[1]
+
+
+def _write_csv(path, groups, with_case: bool) -> None:
+    """Write ``(case, detections, affine, spacing)`` groups as one CSV table."""
+    first = groups[0][1]
+    dims = first.spatial_dims
+    world = [affine is not None or spacing is not None for _, _, affine, spacing in groups]
+    if any(world) and not all(world):
+        raise ValueError("affine, spacing: given for some cases only; expected all or none")
+    axes = list(_AXES[dims])
+    header = (
+        (["case"] if with_case else [])
+        + axes
+        + ([f"{a}_mm" for a in axes] if world[0] else [])
+        + ["score", *first.extras]
+    )
+    for case, found, _, _ in groups:
+        if found.spatial_dims != dims or list(found.extras) != list(first.extras):
+            raise ValueError(
+                f"detections[{case!r}]: {found.spatial_dims}D with extras {list(found.extras)}; "
+                f"expected {dims}D with extras {list(first.extras)} like the first case"
+            )
+    with atomic_write(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for case, found, affine, spacing in groups:
+            columns = [found.points]
+            if world[0]:
+                columns.append(found.to_world(affine, spacing))
+            columns.append(found.scores[:, None])
+            columns.extend(values[:, None] for values in found.extras.values())
+            prefix = [case] if with_case else []
+            for row in zip(*(c.tolist() for c in columns), strict=True):
+                writer.writerow(prefix + [_format_number(v) for part in row for v in part])
+
+
+def _format_number(value: float | int) -> str:
+    # repr gives the shortest text that reads back to the same float.
+    return repr(float(value)) if isinstance(value, float) else str(int(value))
+
+
+def _empty_like_columns(columns: list[str]) -> Detections:
+    dims = 3 if "z" in columns else 2
+    return Detections.empty(dims, _extra_columns(columns, dims))
+
+
+def _extra_columns(columns: list[str], dims: int) -> list[str]:
+    known = {"case", "score", *_AXES[dims], *(f"{a}_mm" for a in _AXES[dims])}
+    return [c for c in columns if c not in known]
+
+
+def _read_csv(path) -> tuple[list[str], dict[str, Detections]]:
+    """Parse a detections CSV into its header and detections grouped by case."""
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        raise ValueError(f"{path}: is empty; expected a header row such as z,y,x,score")
+    columns = [c.strip() for c in rows[0]]
+    dims = 3 if "z" in columns else 2
+    required = [*_AXES[dims], "score"]
+    for name in required:
+        if name not in columns:
+            raise ValueError(
+                f"{path}: header {','.join(columns)} lacks column {name!r}; "
+                f"expected [case,] {','.join(required)}[, extras]"
+            )
+    if len(set(columns)) != len(columns):
+        raise ValueError(f"{path}: header {','.join(columns)} repeats a column name")
+    extras = _extra_columns(columns, dims)
+    numeric = [*_AXES[dims], "score", *extras]
+    where = {name: columns.index(name) for name in columns}
+    cases: dict[str, list[list[str]]] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) != len(columns):
+            raise ValueError(
+                f"{path}: row {line - 1} (line {line}) has {len(row)} fields; "
+                f"expected {len(columns)} as in the header"
+            )
+        case = row[where["case"]] if "case" in where else ""
+        cases.setdefault(case, []).append([str(line), *(row[where[n]] for n in numeric)])
+    groups = {}
+    for case, table in cases.items():
+        values = {}
+        for j, name in enumerate(numeric, start=1):
+            values[name] = _parse_column(path, name, [r[0] for r in table], [r[j] for r in table])
+            if name not in extras and not np.isfinite(values[name]).all():
+                bad = int(np.argmin(np.isfinite(values[name])))
+                line = int(table[bad][0])
+                raise ValueError(
+                    f"{path}: row {line - 1} (line {line}), field {name!r}: got "
+                    f"{table[bad][j]!r}; expected a finite number"
+                )
+        points = np.stack([values[a] for a in _AXES[dims]], axis=1).astype(float)
+        groups[case] = Detections(points, values["score"], {k: values[k] for k in extras})
+    return columns, groups
+
+
+def _parse_column(path, name: str, lines: list[str], tokens: list[str]) -> np.ndarray:
+    """Numbers of one CSV column; integers stay integers; bad text names row and field."""
+    try:
+        return np.array([int(t) for t in tokens], dtype=np.int64)
+    except ValueError:
+        pass
+    numbers = []
+    for line, token in zip(lines, tokens, strict=True):
+        try:
+            numbers.append(float(token))
+        except ValueError:
+            line = int(line)
+            raise ValueError(
+                f"{path}: row {line - 1} (line {line}), field {name!r}: got {token!r}; "
+                "expected a number"
+            ) from None
+    return np.array(numbers, dtype=float)
+
+
+# --------------------------------------------------------------------------------------
+# Iterative Gaussian fitting
+# --------------------------------------------------------------------------------------
+
+_FIT_TOLERANCE = 1e-6  # voxels; the fit stops once the proposed centre step is smaller
+_FIT_ITERATIONS = 30
+
+
+@functools.lru_cache(maxsize=256)
+def _fit_constants(
+    lengths: tuple[int, ...], sigma: tuple[float, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Grid and Gaussian factors of a fitting window, shared by the fits of one map."""
+    steps = np.arange(max(lengths), dtype=float)
+    width = np.array(sigma)[:, None]
+    inside = steps < np.array(lengths)[:, None]
+    constants = (steps, -0.5 / width**2, 1.0 / width**2, inside / (math.sqrt(2 * math.pi) * width))
+    for array in constants:
+        array.flags.writeable = False
+    return constants
+
+
+def _fit_gaussian(
+    values: np.ndarray,
+    start: Sequence[int],
+    peak: Sequence[int],
+    sigma: Sequence[float],
+) -> tuple[float, np.ndarray]:
+    """Least-squares amplitude and centre of ``alpha * N(mu, diag(sigma^2))`` in a window.
+
+    Minimises ``sum (values - alpha * g(mu))^2`` over the window, where ``g`` is the
+    mass-1 Gaussian density sampled at voxel centres. For a fixed centre the best
+    amplitude is ``<values, g> / <g, g>``; eliminating it leaves a problem in ``mu``
+    alone, solved by Gauss-Newton steps with step halving. Because ``g`` factorises over
+    the axes, every inner product is a product of 1D ones and the Gauss-Newton system is
+    diagonal, so a step costs a few small matrix products. The start is the exact centre
+    of an isolated Gaussian of known width, from the log-ratio of the maximum's
+    neighbours: ``ln g(p + 1) - ln g(p - 1) = 2 (mu - p) / sigma^2``.
+
+    Parameters
+    ----------
+    values : (n_0, ..., n_{D-1}) float array
+        The map in the window.
+    start : sequence of D ints
+        Voxel index of the window's first voxel.
+    peak : sequence of D ints
+        Voxel index of the window's maximum.
+    sigma : sequence of D floats
+        Standard deviation per axis in voxels.
+
+    Returns
+    -------
+    alpha : float
+        Fitted amplitude (0 where no Gaussian with a positive amplitude fits).
+    mu : (D,) float array
+        Fitted centre in voxel coordinates, within the window's extent
+        ``[start - 0.5, start + n - 0.5]``.
+    """
+    dims = values.ndim
+    lengths = values.shape
+    sigma = tuple(float(s) for s in sigma)
+    steps, exponent, inverse_variance, scale = _fit_constants(lengths, sigma)
+    local = [int(p) - int(s) for p, s in zip(peak, start, strict=True)]
+    centre = [float(p) for p in local]  # in window coordinates until the end
+    for axis in range(dims):
+        if 0 < local[axis] < lengths[axis] - 1:
+            index = list(local)
+            index[axis] -= 1
+            before = float(values[tuple(index)])
+            index[axis] += 2
+            after = float(values[tuple(index)])
+            if before > 0 and after > 0:
+                offset = 0.5 * sigma[axis] ** 2 * math.log(after / before)
+                centre[axis] += min(max(offset, -0.5), 0.5)
+    unit = [1 << (dims - 1 - axis) for axis in range(dims)]  # flat index of d/d mu_axis
+    basis = np.empty((dims, 2, len(steps)))
+    best = None  # (objective, centre, amplitude, last step) at the best centre so far
+    for _ in range(_FIT_ITERATIONS):
+        offsets = steps - np.array(centre)[:, None]
+        density = np.multiply(np.exp(offsets * offsets * exponent), scale, out=basis[:, 0])
+        np.multiply(density, offsets * inverse_variance, out=basis[:, 1])  # d density / d mu
+        gram = (basis @ basis.transpose(0, 2, 1)).tolist()  # per axis [[g.g, g.g'], [., g'.g']]
+        projection = _contract(values, basis, lengths).ravel().tolist()
+        total = math.prod(g[0][0] for g in gram)
+        alpha = projection[0] / total if total > 0 else 0.0
+        objective = alpha * projection[0]  # the drop of the squared error
+        if alpha > 0 and (best is None or objective >= best[0] * (1 - 1e-12)):
+            moved = []
+            for axis, ((norm, cross), (_, slope_norm)) in enumerate(gram):
+                mean = cross / norm
+                spread = slope_norm / norm - mean * mean
+                gradient = projection[unit[axis]] / total - mean * alpha
+                step = min(max(gradient / (alpha * spread), -1.0), 1.0) if spread > 0 else 0.0
+                moved.append(min(max(centre[axis] + step, -0.5), lengths[axis] - 0.5))
+            best = (objective, centre, alpha, [m - c for m, c in zip(moved, centre, strict=True)])
+        elif best is None:
+            best = (0.0, centre, 0.0, [0.0] * dims)  # no Gaussian of positive amplitude fits
+        else:
+            # The last step made the fit worse: halve it from the best centre.
+            best = (*best[:3], [0.5 * s for s in best[3]])
+            moved = [c + s for c, s in zip(best[1], best[3], strict=True)]
+        if max(abs(s) for s in best[3]) < _FIT_TOLERANCE:
+            break
+        centre = moved
+    return best[2], np.add(best[1], start, dtype=float)
+
+
+def _contract(values: np.ndarray, basis: np.ndarray, lengths: tuple[int, ...]) -> np.ndarray:
+    """``values`` contracted with the two 1D basis vectors of every axis: (2,) * D."""
+    factors = [basis[axis, :, :n] for axis, n in enumerate(lengths)]
+    if values.ndim == 2:
+        return factors[0] @ values @ factors[1].T
+    first = (factors[0] @ values.reshape(lengths[0], -1)).reshape(2, lengths[1], lengths[2])
+    return factors[1] @ (first @ factors[2].T)
+
+
+class _Residual:
+    """A residual map with a two-level maximum, updated after local subtractions.
+
+    The map is cut, in C order, into chunks of whole rows (along the last axis); each
+    chunk keeps its maximum, so the global arg-max reads the chunk maxima and one chunk,
+    and a local subtraction refreshes only the chunks it touched. The map itself is only
+    read: the first time a window reads or changes a chunk, the chunk is copied (as
+    float64) to the next free place of a pool, so the work is one pass over the map plus
+    the chunks near lesions, and memory is paged in only for those. The arg-max is the
+    first maximum in C order, as ``np.argmax`` gives.
+    """
+
+    def __init__(self, heatmap: np.ndarray) -> None:
+        shape = heatmap.shape
+        self.width = shape[-1]
+        # Long chunks make the first pass fast, short ones the updates; ~1000 voxels.
+        self.rows_per_chunk = max(1, 1024 // self.width)
+        # Rows (of the last axis) per step along each axis but the last.
+        self.row_strides = [math.prod(shape[a + 1 : -1]) for a in range(len(shape) - 1)]
+        self.voxel_strides = [math.prod(shape[a + 1 :]) for a in range(len(shape))]
+        chunk = self.rows_per_chunk * self.width
+        size = heatmap.size
+        count, full = -(-size // chunk), size // chunk
+        source = heatmap.reshape(-1)
+        self.source = source[: full * chunk].reshape(full, chunk)
+        self.slot = np.full(count, -1, dtype=np.intp)  # pool place of each copied chunk
+        # Filled from the front, so only the pages of copied chunks are ever touched.
+        self.pool = np.empty((count, chunk))
+        self.lines = self.pool.reshape(-1, self.width)
+        self.used = 0
+        self.maxima = np.empty(count)
+        self.maxima[:full] = self.source.max(axis=1)
+        if count > full:  # the last, partial chunk, padded with -inf
+            self.slot[full], self.used = 0, 1
+            self.pool[0] = -np.inf
+            self.pool[0, : size - full * chunk] = source[full * chunk :]
+            self.maxima[full] = self.pool[0].max()
+
+    def argmax(self) -> tuple[int, ...]:
+        """Voxel index of the first maximum of the residual in C order."""
+        k = int(self.maxima.argmax())
+        place = self.slot[k]
+        values = self.pool[place] if place >= 0 else self.source[k]
+        flat = k * self.pool.shape[1] + int(values.argmax())
+        index = []
+        for stride in self.voxel_strides:
+            position, flat = divmod(flat, stride)
+            index.append(position)
+        return tuple(index)
+
+    def _lines(self, window: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Chunks that ``window`` touches (copied in if new), and the pool line of each row."""
+        rows = np.zeros(1, dtype=np.intp)
+        for region, stride in zip(window[:-1], self.row_strides, strict=True):
+            rows = (rows[:, None] + stride * np.arange(region.start, region.stop)).ravel()
+        chunks, offsets = np.divmod(rows, self.rows_per_chunk)
+        first = np.empty(len(chunks), dtype=bool)  # rows ascend, so chunks do too
+        first[0] = True
+        np.not_equal(chunks[1:], chunks[:-1], out=first[1:])
+        ids = chunks[first]
+        new = ids[self.slot[ids] < 0]
+        if len(new):
+            places = np.arange(self.used, self.used + len(new))
+            self.pool[places] = self.source[new]
+            self.slot[new] = places
+            self.used += len(new)
+        return ids, self.slot[chunks] * self.rows_per_chunk + offsets
+
+    def read(self, window: tuple[slice, ...]) -> np.ndarray:
+        """A copy of the residual in ``window``."""
+        _, lines = self._lines(window)
+        return self.lines[lines, window[-1]].reshape([s.stop - s.start for s in window])
+
+    def subtract(self, window: tuple[slice, ...], values: np.ndarray) -> None:
+        """Subtract ``values`` from the residual in ``window`` and refresh the maxima."""
+        ids, lines = self._lines(window)
+        self.lines[lines, window[-1]] -= values.reshape(len(lines), -1)
+        self.maxima[ids] = self.pool[self.slot[ids]].max(axis=1)
+
+
+def _voxel_sigma(sigma, spacing, dims: int) -> np.ndarray:
+    values = np.asarray(_as_array(sigma, "sigma"), dtype=float)
+    if values.ndim > 1 or values.size not in (1, dims):
+        raise ValueError(f"sigma: got {sigma!r}; expected a number or {dims} numbers")
+    if not np.all(np.isfinite(values)) or np.any(values <= 0):
+        raise ValueError(f"sigma: got {sigma!r}; expected positive finite widths")
+    return np.broadcast_to(values, (dims,)) / axis_spacing(spacing, dims, "spacing")
+
+
+def fit_gaussians(
+    heatmap: ArrayLike,
+    sigma: float | Sequence[float],
+    spacing: float | Sequence[float] | None = None,
+    stop: float = 0.01,
+    max_lesions: int = 1000,
+    window: int | Sequence[int] | None = None,
+) -> Detections:
+    """Lesions of a mass-1 Gaussian heatmap by iterative Gaussian fitting.
+
+    The method of Myers-Colet et al. (MICCAI 2022): (1) take the global maximum of the
+    residual map (at first the heatmap); (2) fit the amplitude ``alpha`` and sub-voxel
+    centre ``mu`` of ``alpha * N(mu, sigma)`` by least squares in a window around it,
+    with ``N`` the mass-1 Gaussian of :func:`weaklesion.targets.gaussian_window` and
+    ``sigma`` known; (3) subtract the fitted Gaussian from the residual within its
+    support; (4) repeat until ``alpha < stop`` or ``max_lesions`` lesions are found.
+    Since each lesion of the heatmap carries mass 1, ``alpha`` estimates the probability
+    that the lesion exists.
+
+    Parameters
+    ----------
+    heatmap : (Z, Y, X) or (Y, X) array or tensor
+        Predicted heatmap, finite; the summed map is the expected lesion count.
+    sigma : float or sequence of D floats
+        Width of the lesion Gaussians: in voxels when ``spacing`` is None, else in mm.
+    spacing : float or sequence of D floats, optional
+        Voxel size in mm per axis.
+    stop : float
+        Stop at the first fit whose amplitude is below this level (not reported).
+    max_lesions : int
+        Most lesions to extract.
+    window : int or sequence of D ints, optional
+        Half-width of the fitting window in voxels per axis; by default
+        ``ceil(2 sigma)`` in voxels. The window is clipped at the image border, and the
+        centre is fitted within the window's extent.
+
+    Returns
+    -------
+    Detections
+        ``points`` (N, D) fitted centres in voxels; ``scores`` the amplitudes clipped to
+        [0, 1]; ``extras["amplitude"]`` the raw amplitudes; ``extras["window_sum"]`` the
+        sum of the residual in the window before the fit (the unfitted estimate of the
+        same probability).
+
+    Notes
+    -----
+    The residual keeps per-chunk maxima that are refreshed where a Gaussian was
+    subtracted, so the global maximum is found without rescanning the map, and the map
+    is read once and never copied whole; the lesions found are those of the plain
+    algorithm that takes ``argmax`` of the whole residual at every step. The fit solves
+    for ``mu`` with ``alpha`` eliminated, by Gauss-Newton steps that converge in two or
+    three iterations on clean maps.
+
+    Examples
+    --------
+    >>> from weaklesion.targets import gaussian_window
+    >>> heatmap = np.zeros((24, 24))
+    >>> for centre, amplitude in [((6.3, 7.0), 0.9), ((15.0, 16.6), 0.4)]:
+    ...     window, values = gaussian_window(centre, (1.5, 1.5), heatmap.shape)
+    ...     heatmap[window] += amplitude * values
+    >>> found = fit_gaussians(heatmap, sigma=1.5)
+    >>> found.points.round(3)
+    array([[ 6.3,  7. ],
+           [15. , 16.6]])
+    >>> found.scores.round(3)
+    array([0.9, 0.4])
+    """
+    values = _spatial_map(heatmap, "heatmap")
+    dims = values.ndim
+    sigma_voxels = _voxel_sigma(sigma, spacing, dims)
+    if window is None:
+        half = np.ceil(2 * sigma_voxels).astype(int)
+    else:
+        half = np.broadcast_to(np.asarray(window), (dims,))
+        if half.dtype.kind not in "iu" or np.any(half < 1):
+            raise ValueError(f"window: got {window!r}; expected half-widths >= 1 voxel")
+    if not math.isfinite(stop):
+        raise ValueError(f"stop: got {stop!r}; expected a finite amplitude level")
+    if max_lesions < 0:
+        raise ValueError(f"max_lesions: got {max_lesions}; expected a count >= 0")
+    extras = ("amplitude", "window_sum")
+    if values.size == 0 or max_lesions == 0:
+        return Detections.empty(dims, extras)
+    if values.dtype not in (np.float32, np.float64):
+        values = values.astype(np.float64)
+    residual = _Residual(np.ascontiguousarray(values))
+    half = [int(h) for h in half]
+    centres, amplitudes, sums = [], [], []
+    for _ in range(max_lesions):
+        peak = residual.argmax()
+        start = [max(p - h, 0) for p, h in zip(peak, half, strict=True)]
+        fit_window = tuple(
+            slice(s, min(p + h + 1, n))
+            for s, p, h, n in zip(start, peak, half, values.shape, strict=True)
+        )
+        local = residual.read(fit_window)
+        alpha, mu = _fit_gaussian(local, start, peak, sigma_voxels)
+        if alpha < stop:
+            break
+        centres.append(mu)
+        amplitudes.append(alpha)
+        sums.append(float(local.sum()))
+        support, density = gaussian_window(mu, sigma_voxels, values.shape)
+        residual.subtract(support, alpha * density)
+    if not centres:
+        return Detections.empty(dims, extras)
+    amplitudes = np.array(amplitudes)
+    found = Detections(
+        np.array(centres),
+        np.clip(amplitudes, 0.0, 1.0),
+        {"amplitude": amplitudes, "window_sum": np.array(sums)},
+    )
+    return found.sorted()
+
+
+# --------------------------------------------------------------------------------------
+# Connected components, peaks and count-guided thresholds
+# --------------------------------------------------------------------------------------
+
+
+def _connectivity(connectivity: int | None, dims: int) -> int:
+    if connectivity is None:
+        return _FULL_CONNECTIVITY[dims]
+    if connectivity not in _CONNECTIVITIES[dims]:
+        raise ValueError(
+            f"connectivity: got {connectivity!r}; expected one of "
+            f"{_CONNECTIVITIES[dims]} for a {dims}D map"
+        )
+    return int(connectivity)
+
+
+def _components(
+    values: np.ndarray,
+    labels: np.ndarray,
+    count: int,
+    location: str,
+    score: str,
+) -> Detections:
+    """One detection per label 1..count of ``labels`` over the map ``values``."""
+    dims = values.ndim
+    if count == 0:
+        return Detections.empty(dims, ["size"])
+    voxels = np.flatnonzero(labels)
+    owner = labels.reshape(-1)[voxels].astype(np.int64) - 1
+    weights = values.reshape(-1)[voxels].astype(float)
+    size = np.bincount(owner, minlength=count)
+    if location == "max" or score == "max":
+        # Stable sort by (label, -value): the first voxel of each label is its maximum,
+        # the first in C order among equal maxima.
+        order = np.lexsort((-weights, owner))
+        firsts = order[np.r_[0, np.cumsum(size)[:-1]]]
+        peak_value = weights[firsts]
+    if location == "max":
+        points = np.stack(np.unravel_index(voxels[firsts], values.shape), axis=1).astype(float)
+    else:
+        mass = np.bincount(owner, weights=weights, minlength=count)
+        coordinates = np.unravel_index(voxels, values.shape)
+        points = np.empty((count, dims))
+        for axis, coordinate in enumerate(coordinates):
+            weighted = np.bincount(owner, weights=weights * coordinate, minlength=count)
+            plain = np.bincount(owner, weights=coordinate, minlength=count) / size
+            # A component of zero mass has no weighted centre; use its geometric one.
+            points[:, axis] = np.where(mass != 0, weighted / np.where(mass != 0, mass, 1), plain)
+    if score == "max":
+        scores = peak_value
+    else:
+        scores = np.bincount(owner, weights=weights, minlength=count) / size
+    return Detections(points, scores, {"size": size}).sorted()
+
+
+def component_detections(
+    prob_map: ArrayLike,
+    threshold: float = 0.5,
+    connectivity: int | None = None,
+    min_size: int = 1,
+    location: Literal["max", "center_of_mass"] = "max",
+    score: Literal["max", "mean"] = "max",
+) -> Detections:
+    """One detection per connected component of the map above a threshold.
+
+    Parameters
+    ----------
+    prob_map : (Z, Y, X) or (Y, X) array or tensor
+        Probability map (or any finite score map).
+    threshold : float
+        Voxels strictly above it are foreground.
+    connectivity : int, optional
+        Neighbourhood of the components: 6, 18 or 26 in 3D, 4 or 8 in 2D; default the
+        full one (26 or 8).
+    min_size : int
+        Components with fewer voxels are dropped.
+    location : {"max", "center_of_mass"}
+        Place each detection at the component's maximum voxel (the first in C order
+        among equal maxima) or at its centre of mass weighted by the map.
+    score : {"max", "mean"}
+        Score each detection by the component's maximum or mean value.
+
+    Returns
+    -------
+    Detections
+        Sorted by score, highest first; ``extras["size"]`` the component size in voxels.
+
+    Examples
+    --------
+    >>> prob = np.array([[0.9, 0.8, 0.0, 0.0],
+    ...                  [0.0, 0.0, 0.0, 0.6],
+    ...                  [0.0, 0.0, 0.0, 0.7]])
+    >>> found = component_detections(prob, threshold=0.5)
+    >>> found.points, found.scores, found.extras["size"]
+    (array([[0., 0.],
+           [2., 3.]]), array([0.9, 0.7]), array([2, 2]))
+    >>> component_detections(prob, location="center_of_mass", score="mean").points.round(3)
+    array([[0.   , 0.471],
+           [1.538, 3.   ]])
+    """
+    values = _spatial_map(prob_map, "prob_map")
+    dims = values.ndim
+    connectivity = _connectivity(connectivity, dims)
+    if location not in ("max", "center_of_mass"):
+        raise ValueError(f"location: got {location!r}; expected 'max' or 'center_of_mass'")
+    if score not in ("max", "mean"):
+        raise ValueError(f"score: got {score!r}; expected 'max' or 'mean'")
+    if not math.isfinite(threshold):
+        raise ValueError(f"threshold: got {threshold!r}; expected a finite number")
+    foreground = values > threshold
+    if not foreground.any():
+        return Detections.empty(dims, ["size"])
+    labels, count = cc3d.connected_components(foreground, connectivity=connectivity, return_N=True)
+    if min_size > 1:
+        size = np.bincount(labels.reshape(-1), minlength=count + 1)
+        keep = size >= min_size
+        keep[0] = False
+        relabel = np.where(keep, np.cumsum(keep), 0)
+        labels, count = relabel[labels], int(keep.sum())
+    return _components(values, labels, int(count), location, score)
+
+
+def peak_detections(
+    map: ArrayLike,
+    size: int | Sequence[int] = 6,
+    threshold: float | None = None,
+    top_n: int | None = None,
+    exclude_border: bool | int = False,
+) -> Detections:
+    """Local maxima of a map by non-maximum suppression, ranked by value.
+
+    A voxel is a peak where it equals the maximum of the map over a box of ``size``
+    voxels around it (``scipy.ndimage.maximum_filter``) and is strictly above
+    ``threshold``. A plateau of equal, connected maxima (full connectivity) gives one
+    peak at its centre, so a flat region never gives a crowd of detections.
+
+    Parameters
+    ----------
+    map : (Z, Y, X) or (Y, X) array or tensor
+        Score map (an attention map, a heatmap, a probability map), finite.
+    size : int or sequence of D ints
+        Size of the suppression box in voxels.
+    threshold : float, optional
+        Absolute level the peaks must exceed; by default the map's minimum, so a
+        constant map has no peaks.
+    top_n : int, optional
+        Keep the ``top_n`` highest peaks (e.g. the rounded predicted count).
+    exclude_border : bool or int
+        Drop maxima closer than this many voxels to the border; ``True`` means
+        ``size // 2`` (the box would leave the image).
+
+    Returns
+    -------
+    Detections
+        Peak centres, sorted by value (the score), highest first; ties in the order of
+        their first voxel in C order.
+
+    Examples
+    --------
+    >>> image = np.zeros((7, 9))
+    >>> image[1, 1], image[5, 6] = 0.4, 0.8
+    >>> image[3, 3:5] = 0.6  # a two-voxel plateau gives one peak between its voxels
+    >>> found = peak_detections(image, size=3)
+    >>> found.points, found.scores
+    (array([[5. , 6. ],
+           [3. , 3.5],
+           [1. , 1. ]]), array([0.8, 0.6, 0.4]))
+    >>> peak_detections(image, size=3, top_n=1).points
+    array([[5., 6.]])
+    """
+    values = _spatial_map(map, "map")
+    dims = values.ndim
+    if top_n is not None and top_n < 0:
+        raise ValueError(f"top_n: got {top_n}; expected a count >= 0")
+    if threshold is not None and not math.isfinite(threshold):
+        raise ValueError(f"threshold: got {threshold!r}; expected a finite number")
+    margin = int(np.max(size)) // 2 if exclude_border is True else int(exclude_border)
+    if margin < 0:
+        raise ValueError(f"exclude_border: got {exclude_border!r}; expected >= 0 voxels")
+    if values.size == 0 or top_n == 0:
+        return Detections.empty(dims)
+    level = values.min() if threshold is None else threshold
+    peaks = (values == ndimage.maximum_filter(values, size=size, mode="nearest")) & (values > level)
+    if margin:
+        inner = np.zeros_like(peaks)
+        inner[tuple(slice(margin, n - margin) for n in values.shape)] = True
+        peaks &= inner
+    if not peaks.any():
+        return Detections.empty(dims)
+    # Label connected peak voxels of equal value together: one detection per plateau.
+    _, plateau_value = np.unique(values[peaks], return_inverse=True)
+    plateau_id = np.zeros(values.shape, dtype=np.uint32)
+    plateau_id[peaks] = plateau_value.ravel() + 1
+    labels, count = cc3d.connected_components(
+        plateau_id, connectivity=_FULL_CONNECTIVITY[dims], return_N=True
+    )
+    found = _components(values, labels, int(count), "center_of_mass", "max")
+    # Every voxel of a plateau has the same value: its centre of mass is its centroid.
+    found = Detections(found.points, found.scores)
+    return found if top_n is None else found[: int(top_n)]
+
+
+def _component_count(values: np.ndarray, level: float, connectivity: int) -> int:
+    return int(
+        cc3d.connected_components(values > level, connectivity=connectivity, return_N=True)[1]
+    )
+
+
+def count_guided_threshold(
+    map: ArrayLike,
+    count: int,
+    connectivity: int | None = None,
+) -> float:
+    """The threshold at which the map has ``count`` connected components above it.
+
+    The GP-Unet rule (Dubost et al., MICCAI 2017): with ``count`` the predicted lesion
+    count, choose the threshold so that the components of ``map > threshold`` number
+    ``count``. Candidate thresholds are the map's distinct values (any threshold between
+    two neighbouring values gives the same components as the lower one), searched from
+    the top: doubling steps down the sorted values until the component count reaches
+    ``count``, then bisection, so about ``2 log2(#values)`` labellings.
+
+    Parameters
+    ----------
+    map : (Z, Y, X) or (Y, X) array or tensor
+        Score map, finite.
+    count : int
+        Wanted number of components, >= 0.
+    connectivity : int, optional
+        As in :func:`component_detections`; default the full neighbourhood.
+
+    Returns
+    -------
+    float
+        The highest map value whose threshold gives ``count`` components. The search
+        assumes the number of components grows as the threshold falls, which holds
+        until components start to merge; where no threshold found gives exactly
+        ``count`` (a level where several components appear at once, or a map with
+        fewer peaks), it returns the threshold whose count is nearest, the higher
+        threshold on a tie. ``count = 0`` gives the map's maximum (nothing above it).
+
+    Examples
+    --------
+    >>> image = np.array([[0.9, 0.0, 0.5, 0.0, 0.7],
+    ...                   [0.0, 0.0, 0.4, 0.0, 0.0]])
+    >>> count_guided_threshold(image, 2), count_guided_threshold(image, 3)
+    (0.5, 0.4)
+    """
+    values = _spatial_map(map, "map")
+    connectivity = _connectivity(connectivity, values.ndim)
+    if count < 0:
+        raise ValueError(f"count: got {count}; expected a count >= 0")
+    if values.size == 0:
+        return 0.0
+    levels = np.unique(values)[::-1]  # descending; threshold levels[j] keeps the top j values
+    if count == 0 or len(levels) == 1:
+        return float(levels[0])
+    counts: dict[int, int] = {0: 0}
+
+    def components(j: int) -> int:
+        if j not in counts:
+            counts[j] = _component_count(values, levels[j], connectivity)
+        return counts[j]
+
+    last = len(levels) - 1
+    below, j = 0, 1
+    while components(j) < count and j < last:
+        below, j = j, min(2 * j, last)
+    if components(j) >= count:
+        above = j  # components(below) < count <= components(above)
+        while above - below > 1:
+            middle = (below + above) // 2
+            if components(middle) >= count:
+                above = middle
+            else:
+                below = middle
+        candidates = [below, above]
+    else:
+        candidates = list(counts)
+    best = min(candidates, key=lambda i: (abs(counts[i] - count), i))
+    return float(levels[best])
+
+
+def count_guided_detections(
+    map: ArrayLike,
+    count: int,
+    connectivity: int | None = None,
+    location: Literal["max", "center_of_mass"] = "max",
+    score: Literal["max", "mean"] = "max",
+) -> Detections:
+    """The connected components at the count-guided threshold, as detections.
+
+    See :func:`count_guided_threshold` for the threshold and
+    :func:`component_detections` for ``location``, ``score`` and the extras.
+
+    Examples
+    --------
+    >>> image = np.array([[0.9, 0.0, 0.5, 0.0, 0.7],
+    ...                   [0.0, 0.0, 0.4, 0.0, 0.0]])
+    >>> count_guided_detections(image, 2).points
+    array([[0., 0.],
+           [0., 4.]])
+    """
+    values = _spatial_map(map, "map")
+    threshold = count_guided_threshold(values, count, connectivity)
+    return component_detections(values, threshold, connectivity, 1, location, score)
