@@ -132,3 +132,31 @@ def test_requested_lesion_count_and_empty_case():
 def test_bad_arguments_name_the_argument(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_phantom_case(0, **kwargs)
+
+
+def test_mni152_background_has_real_anatomy():
+    pytest.importorskip("nilearn")
+    case = make_phantom_case(5, background="mni152", n_lesions=6)
+    again = make_phantom_case(5, background="mni152", n_lesions=6)
+    np.testing.assert_array_equal(case.image, again.image)
+    assert case.count == 6 and case.image.shape == (2, 32, 64, 64)
+    expected = ndimage.center_of_mass(case.instances > 0, case.instances, range(1, 7))
+    np.testing.assert_allclose(case.points, expected)
+    lesion = case.instances > 0
+    ring = ndimage.binary_dilation(lesion, iterations=2) & ~lesion
+    assert case.image[0][lesion].mean() > case.image[0][ring].mean() + 0.1
+    # The template's brain is not an ellipsoid: it differs from the synthetic head.
+    synthetic = make_phantom_case(5, n_lesions=6)
+    assert np.mean((case.image[1] > 0.3) != (synthetic.image[1] > 0.3)) > 0.05
+
+
+def test_mni152_without_nilearn_or_unknown_background_is_a_one_line_error(monkeypatch):
+    from weaklesion.data import phantom
+
+    monkeypatch.setattr(phantom.importlib.util, "find_spec", lambda name: None)
+    phantom._mni152_maps.cache_clear()
+    with pytest.raises(ValueError, match=r"^background: 'mni152' needs nilearn, which is not"):
+        make_phantom_case(0, background="mni152")
+    phantom._mni152_maps.cache_clear()
+    with pytest.raises(ValueError, match="background: got 'mri'"):
+        make_phantom_case(0, background="mri")

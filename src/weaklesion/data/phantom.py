@@ -9,6 +9,8 @@ lesions of many sizes in the white matter, some of them touching. Every lesion i
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import math
 import os
@@ -16,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel
 import numpy as np
 from scipy import ndimage
 
@@ -77,6 +80,7 @@ def make_phantom_case(
     spacing: float | Sequence[float] = (1.0, 1.0, 1.0),
     n_lesions: int | None = None,
     channels: Sequence[str] = ("flair", "t1"),
+    background: str = "synthetic",
 ) -> PhantomCase:
     """Make one deterministic synthetic brain volume with labelled lesions.
 
@@ -93,6 +97,11 @@ def make_phantom_case(
         Number of lesions; drawn uniformly from 0..12 when ``None``.
     channels : sequence of str
         Contrasts to render, each one of ``"flair"``, ``"t1"``, ``"t2"``.
+    background : {"synthetic", "mni152"}
+        Anatomy: a brain-like ellipsoid with folds and ventricles drawn from the seed, or
+        the MNI152 2009 template's grey and white matter (the 1 mm files nilearn ships,
+        taken at 2 mm; nilearn must be installed: ``pip install 'weaklesion[brain]'``),
+        stretched to ``shape`` with a random scale, shift and left-right flip.
 
     Returns
     -------
@@ -135,9 +144,14 @@ def make_phantom_case(
     rng = np.random.default_rng(seed)
     if n_lesions is None:
         n_lesions = int(rng.integers(0, 13))
-    tissue, radius = _anatomy(rng, shape, spacing_mm)
+    if background == "synthetic":
+        tissue, head = _anatomy(rng, shape, spacing_mm)
+    elif background == "mni152":
+        tissue, head = _mni152_anatomy(rng, shape)
+    else:
+        raise ValueError(f"background: got {background!r}; expected 'synthetic' or 'mni152'")
     instances = _place_lesions(rng, tissue == WHITE, n_lesions, spacing_mm)
-    image = _render(rng, tissue, radius, instances, spacing_mm, channels)
+    image = _render(rng, tissue, head, instances, spacing_mm, channels)
     points = instance_centres(instances)
     affine = np.diag([*spacing_mm, 1.0])
     return PhantomCase(
@@ -160,6 +174,7 @@ def write_phantom_dataset(
     splits: Sequence[float] = (0.75, 0.125, 0.125),
     channels: Sequence[str] = ("flair", "t1"),
     n_lesions: int | None = None,
+    background: str = "synthetic",
     progress: bool = False,
 ) -> Path:
     """Write a phantom dataset folder in the layout :func:`load_dataset` reads.
@@ -173,7 +188,7 @@ def write_phantom_dataset(
         Number of cases, named ``phantom_000``, ``phantom_001``, ...
     seed : int
         Dataset seed; case ``i`` is :func:`make_phantom_case` with seed ``(seed, i)``.
-    shape, spacing, channels, n_lesions
+    shape, spacing, channels, n_lesions, background
         As for :func:`make_phantom_case`.
     splits : sequence of 3 numbers
         Sizes of the training, validation and test splits: fractions summing to 1, or
@@ -213,7 +228,7 @@ def write_phantom_dataset(
 
         indices = track(indices, description="Writing phantom cases")
     for i in indices:
-        case = make_phantom_case((seed, i), shape, spacing, n_lesions, channels)
+        case = make_phantom_case((seed, i), shape, spacing, n_lesions, channels, background)
         for c, channel in enumerate(case.image):
             write_image(root / "imagesTr" / f"{case_ids[i]}_{c:04d}.nii.gz", channel, case.affine)
         labels = case.instances.astype(np.int16)
@@ -235,7 +250,12 @@ def write_phantom_dataset(
             name: case_ids[ends[k] : ends[k + 1]]
             for k, name in enumerate(("training", "validation", "test"))
         },
-        "phantom": {"seed": seed, "shape": [int(s) for s in shape], "n_lesions": n_lesions},
+        "phantom": {
+            "seed": seed,
+            "shape": [int(s) for s in shape],
+            "n_lesions": n_lesions,
+            "background": background,
+        },
     }
     with atomic_write(root / "dataset.json", "w", encoding="utf-8") as handle:
         json.dump(description, handle, indent=2)
@@ -299,7 +319,7 @@ def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], sigma) -> np.n
 def _anatomy(
     rng: np.random.Generator, shape: tuple[int, ...], spacing: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Tissue class of every voxel, and the normalised radius of the head ellipsoid."""
+    """Tissue class of every voxel, and the head (everything but air)."""
     extent = np.asarray(shape) * spacing
     centre = (np.asarray(shape) - 1) / 2 + rng.uniform(-0.5, 0.5, 3)
     semi_axes = 0.40 * extent * rng.uniform(0.95, 1.05, 3)
@@ -331,7 +351,78 @@ def _anatomy(
             ((o - d) / a) ** 2 for o, d, a in zip(offsets, shift, ventricle_axes, strict=True)
         )
         tissue[inside + 0.15 * folds < 1.0] = FLUID
-    return tissue, radius
+    return tissue, radius < 1.1
+
+
+def _mni152_anatomy(
+    rng: np.random.Generator, shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tissue classes from the MNI152 templates, resampled to ``shape``, and the head."""
+    maps = _mni152_maps()
+    brain = maps[2] > 0.5
+    lower = np.array([np.flatnonzero(brain.any(axis=other)).min() for other in _others(3)])
+    upper = np.array([np.flatnonzero(brain.any(axis=other)).max() for other in _others(3)])
+    # Template voxels per output voxel: the brain fills 78 % of each axis, give or take.
+    step = (upper - lower + 1) / (0.78 * np.asarray(shape)) * rng.uniform(0.95, 1.05, 3)
+    centre = (lower + upper) / 2 + rng.uniform(-1.0, 1.0, 3)
+    offset = centre - step * (np.asarray(shape) - 1) / 2
+    grey, white, inside = (
+        ndimage.affine_transform(m, step, offset, output_shape=shape, order=1) for m in maps
+    )
+    if rng.random() < 0.5:
+        grey, white, inside = grey[..., ::-1], white[..., ::-1], inside[..., ::-1]
+    fluid = np.clip(inside - grey - white, 0.0, None)
+    tissue = np.full(shape, AIR, dtype=np.uint8)
+    distance = ndimage.distance_transform_edt(inside <= 0.5)
+    tissue[(distance > 2.0) & (distance <= 3.5)] = SCALP
+    tissue[(distance > 0.0) & (distance <= 1.0)] = FLUID
+    classes = np.array([FLUID, GREY, WHITE], dtype=np.uint8)
+    brain = inside > 0.5
+    tissue[brain] = classes[np.argmax(np.stack([fluid, grey, white])[:, brain], axis=0)]
+    return tissue, distance <= 3.5
+
+
+def _others(dims: int) -> list[tuple[int, ...]]:
+    """For each axis, the other axes (to reduce over)."""
+    return [tuple(a for a in range(dims) if a != axis) for axis in range(dims)]
+
+
+MNI152_FILES = {
+    "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+    "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+    "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
+}
+
+
+@functools.lru_cache(maxsize=1)
+def _mni152_maps() -> np.ndarray:
+    """Grey matter, white matter and brain mask of MNI152 (3, Z, Y, X), 2 mm, read-only.
+
+    The 1 mm templates that nilearn ships (``nilearn.datasets.MNI152_FILE_PATH`` and its
+    grey- and white-matter siblings) are read directly: importing ``nilearn.datasets``
+    takes seconds, reading the three files a fraction of one.
+    """
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(
+            "background: 'mni152' needs nilearn, which is not installed; expected "
+            "`pip install 'weaklesion[brain]'`"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
+    paths = {name: folder / file for name, file in MNI152_FILES.items()}
+    if not all(path.is_file() for path in paths.values()):
+        raise ValueError(
+            f"background: nilearn's MNI152 templates are not in {folder}; expected nilearn>=0.10"
+        )
+    # nibabel's (x, y, z) becomes our (z, y, x), so axis 0 runs across axial slices.
+    t1, grey, white = (
+        np.asanyarray(nibabel.load(path).dataobj)[::2, ::2, ::2].T.astype(np.float32) / 255
+        for path in paths.values()
+    )
+    brain = ndimage.binary_fill_holes(t1 > 0.2).astype(np.float32)
+    maps = np.ascontiguousarray(np.stack([grey, white, brain]))
+    maps.setflags(write=False)
+    return maps
 
 
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -486,7 +577,7 @@ def _bias_field(rng: np.random.Generator, shape: Sequence[int], strength: float)
 def _render(
     rng: np.random.Generator,
     tissue: np.ndarray,
-    radius: np.ndarray,
+    head: np.ndarray,
     instances: np.ndarray,
     spacing: np.ndarray,
     channels: tuple[str, ...],
@@ -501,13 +592,12 @@ def _render(
     share = ndimage.gaussian_filter(contrast[instances], 0.5 / spacing * spacing.min())
     texture = _smooth_noise(rng, tissue.shape, 1.5 / spacing)
     lesion_texture = _smooth_noise(rng, tissue.shape, 1.0 / spacing)
-    inside = radius < 1.1
 
     image = np.empty((len(channels), *tissue.shape), dtype=np.float32)
     for c, name in enumerate(channels):
         table = np.asarray(TISSUE_INTENSITY[name])
         base = ndimage.gaussian_filter(table[tissue], 0.6)
-        base *= 1.0 + 0.06 * texture * inside
+        base *= 1.0 + 0.06 * texture * head
         lesion = table[LESION] * (1.0 + 0.05 * lesion_texture)
         signal = (1.0 - share) * base + share * lesion
         signal *= _bias_field(rng, tissue.shape, 0.12)
