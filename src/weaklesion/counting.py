@@ -165,7 +165,7 @@ def poisson_binomial_pmf(p: ArrayLike, max_count: int | None = None) -> ArrayLik
             unit = F.pad(torch.ones_like(factors[..., :1, :1]), (0, factors.shape[-1] - 1))
             factors = torch.cat((factors, unit), dim=-2)
         factors = _polynomial_product(factors[..., 0::2, :], factors[..., 1::2, :], last)
-    # Bins above ``last`` are exact zeros (factor padding); a negative pad crops them.
+    # With max_count above K fewer bins remain than asked for; the missing ones are 0.
     pmf = F.pad(factors[..., 0, :], (0, last + 1 - factors.shape[-1]))
     return pmf.numpy() if from_numpy else pmf
 
@@ -464,7 +464,7 @@ def count_statistics(pmf: ArrayLike, credible: float = 0.95) -> CountDistributio
     return CountDistribution(values, mean, mode, variance, entropy, interval, float(credible))
 
 
-def _existence_probabilities(
+def _region_peaks(
     values: np.ndarray, threshold: float, connectivity: int, min_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(N, K_max)`` arg-max indices and validity mask of the regions of N maps."""
@@ -535,7 +535,7 @@ def count_distribution(
     values = _numpy_values(prob_map)
     check_probabilities(values, "prob_map")
     maps = values if batch else values[None]
-    index, valid = _existence_probabilities(maps, threshold, connectivity, min_size)
+    index, valid = _region_peaks(maps, threshold, connectivity, min_size)
     flat = maps.reshape(len(maps), math.prod(maps.shape[1:]))
     existence = np.where(valid, np.take_along_axis(flat, index, axis=1), 0)
     pmf = poisson_binomial_pmf(existence.astype(np.float64), max_count)
@@ -692,9 +692,7 @@ class CountLoss(torch.nn.Module):
             )
         values = _numpy_values(prob_maps)
         check_probabilities(values, "prob_maps")
-        index, valid = _existence_probabilities(
-            values, self.threshold, self.connectivity, self.min_size
-        )
+        index, valid = _region_peaks(values, self.threshold, self.connectivity, self.min_size)
         flat = prob_maps.reshape(len(prob_maps), -1)
         index = torch.from_numpy(index).to(flat.device)
         valid = torch.from_numpy(valid).to(flat.device)
