@@ -10,7 +10,7 @@ import PIL.Image
 import pytest
 from nibabel.affines import apply_affine
 
-from weaklesion.data.dataset import check_dataset, load_dataset
+from weaklesion.data.dataset import Case, check_dataset, load_dataset
 from weaklesion.data.normalize import zscore
 from weaklesion.data.phantom import make_phantom_case, write_phantom_dataset
 from weaklesion.io import read_image, write_counts_csv, write_image, write_points_csv
@@ -117,9 +117,12 @@ def test_label_disagreements_and_file_problems(copy):
     shifted[0, 3] += 5.0
     write_image(root / "imagesTr" / "phantom_001_0001.nii.gz", first, shifted)
     mask, _ = read_image(root / "labelsTr" / "phantom_002.nii.gz")
-    write_image(root / "labelsTr" / "phantom_002.nii.gz", mask.astype(np.float32) * 0.5, affine)
+    mask_path = root / "labelsTr" / "phantom_002.nii.gz"
+    write_image(mask_path, mask.astype(np.float32) * 0.5, affine)
     (root / "imagesTr" / "phantom_003_0001.nii.gz").write_bytes(b"garbage")
     (root / "imagesTr" / "notes.nii.gz").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"phantom_002.nii.gz: has fractional values"):
+        Case("x", (root / "imagesTr" / "phantom_002_0000.nii.gz",), mask=mask_path).load()
     problems = check_dataset(root)
     expected = [
         f"{root}/counts.csv, row 2, field 'count': case 'phantom_000' has count 2 but 3 point(s)",

@@ -134,6 +134,11 @@ class Case:
                 raise ValueError(
                     f"{self.mask}: has shape {mask.shape}; expected the image's {spatial}"
                 )
+            if mask.dtype.kind == "f" and np.any(mask != np.round(mask)):
+                raise ValueError(
+                    f"{self.mask}: has fractional values; expected 0 for background and "
+                    "positive whole numbers for lesions"
+                )
             mask = mask.astype(np.int32)
         return CaseArrays(image, mask, affine)
 
@@ -676,7 +681,8 @@ def _attach_labels(layout: _Layout, affines: Mapping[str, np.ndarray]) -> None:
         path = layout.points_csv
         points, rows, found = parse_points_csv(path, affines)
         problems.extend(found)
-        dims = next((a.shape[1] for a in points.values()), 3)
+        fallback = len(layout.spacing) if layout.spacing is not None else 3
+        dims = next((a.shape[1] for a in points.values()), fallback)
         for case, array in points.items():
             if case not in entries:
                 row = f", row {rows[case][0]}" if rows[case] else ""
