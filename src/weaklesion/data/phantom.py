@@ -2,8 +2,9 @@
 
 A phantom case imitates a multi-contrast brain scan with multiple-sclerosis or
 small-vessel-disease lesions: a head-like ellipsoid with scalp, cerebrospinal fluid,
-grey and white matter, ventricles and sulci, a smooth bias field, Rician noise, and
-lesions of many sizes in the white matter, some of them touching. Every lesion is one
+grey and white matter, ventricles and sulci (or, optionally, the MNI152 template's
+anatomy), a smooth bias field, Rician noise, and lesions of many sizes in the white
+matter, some of them touching. Every lesion is one
 6-connected instance, so masks, points (centres of mass) and counts all agree.
 """
 
@@ -42,7 +43,7 @@ TOUCHING_PROBABILITY = 0.25
 NOISE_LEVEL = 0.03
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PhantomCase:
     """One synthetic case.
 
