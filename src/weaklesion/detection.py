@@ -879,7 +879,10 @@ def _components(
     location: str,
     score: str,
 ) -> Detections:
-    """One detection per label 1..count of ``labels`` over the map ``values``."""
+    """One detection per label 1..count of ``labels`` over the map ``values``.
+
+    ``location`` is "max", "center_of_mass" (weighted by ``values``) or "centroid".
+    """
     dims = values.ndim
     if count == 0:
         return Detections.empty(dims, ["size"])
@@ -895,6 +898,9 @@ def _components(
         peak_value = weights[firsts]
     if location == "max":
         points = np.stack(np.unravel_index(voxels[firsts], values.shape), axis=1).astype(float)
+    elif location == "centroid":
+        coordinates = np.unravel_index(voxels, values.shape)
+        points = np.stack([np.bincount(owner, c, count) / size for c in coordinates], axis=1)
     else:
         mass = np.bincount(owner, weights=weights, minlength=count)
         coordinates = np.unravel_index(voxels, values.shape)
@@ -1052,8 +1058,7 @@ def peak_detections(
     labels, count = cc3d.connected_components(
         plateau_id, connectivity=_FULL_CONNECTIVITY[dims], return_N=True
     )
-    found = _components(values, labels, int(count), "center_of_mass", "max")
-    # Every voxel of a plateau has the same value: its centre of mass is its centroid.
+    found = _components(values, labels, int(count), "centroid", "max")
     found = Detections(found.points, found.scores)
     return found if top_n is None else found[: int(top_n)]
 
