@@ -325,7 +325,7 @@ def write_image(
     if suffix in (".nii", ".nii.gz"):
         payload = _nifti_bytes(array, affine, dims)
         if suffix == ".nii.gz":
-            payload = gzip.compress(payload, compresslevel=6, mtime=0)
+            payload = gzip.compress(payload, compresslevel=1, mtime=0)
         with atomic_write(path, "wb") as handle:
             handle.write(payload)
     elif suffix == ".npy":
