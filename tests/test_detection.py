@@ -246,8 +246,9 @@ def test_fit_gaussians_rejects_bad_input():
             fit_gaussians(heatmap, sigma)
     with pytest.raises(ValueError, match="spacing"):
         fit_gaussians(heatmap, 1.0, spacing=(1.0, 0.0))
-    with pytest.raises(ValueError, match="window"):
-        fit_gaussians(heatmap, 1.0, window=0)
+    for window in (0, (2, 2, 2), 1.5):
+        with pytest.raises(ValueError, match="window"):
+            fit_gaussians(heatmap, 1.0, window=window)
 
 
 # --------------------------------------------------------------------------------------
@@ -381,6 +382,8 @@ def test_peak_detections_exclude_border_and_bad_input():
         peak_detections(np.full((3, 3), np.inf))
     with pytest.raises(ValueError, match="top_n"):
         peak_detections(image, top_n=-1)
+    with pytest.raises(ValueError, match="size"):
+        peak_detections(image, size=0)
 
 
 # --------------------------------------------------------------------------------------

@@ -400,7 +400,11 @@ def write_detections_csv(
     """
 
     def pick(value, case):
-        return value[case] if isinstance(value, Mapping) else value
+        if not isinstance(value, Mapping):
+            return value
+        if case not in value:
+            raise ValueError(f"affine, spacing: no entry for case {case!r}")
+        return value[case]
 
     groups = [
         (case, found, pick(affine, case), pick(spacing, case)) for case, found in detections.items()
@@ -790,9 +794,16 @@ def fit_gaussians(
     The residual keeps per-chunk maxima that are refreshed where a Gaussian was
     subtracted, so the global maximum is found without rescanning the map, and the map
     is read once and never copied whole; the lesions found are those of the plain
-    algorithm that takes ``argmax`` of the whole residual at every step. The fit solves
-    for ``mu`` with ``alpha`` eliminated, by Gauss-Newton steps that converge in two or
-    three iterations on clean maps.
+    algorithm that takes ``argmax`` of the whole residual at every step (the first
+    maximum in C order on ties). The fit solves for ``mu`` with ``alpha`` eliminated, by
+    Gauss-Newton steps from a start that is exact for an isolated Gaussian, so a clean
+    map needs one evaluation per lesion.
+
+    Like the published method, the fit sees one lesion at a time: two lesions closer
+    than about 3.5 sigma are taken in by one fit (at 2 sigma apart, one Gaussian of about
+    their summed amplitude between them, plus small side fits). From 4 sigma apart
+    (fitting windows that touch) centres come within 0.1 voxel and amplitudes within
+    0.02 of the truth on noise-free maps.
 
     Examples
     --------
@@ -814,9 +825,12 @@ def fit_gaussians(
     if window is None:
         half = np.ceil(2 * sigma_voxels).astype(int)
     else:
-        half = np.broadcast_to(np.asarray(window), (dims,))
-        if half.dtype.kind not in "iu" or np.any(half < 1):
-            raise ValueError(f"window: got {window!r}; expected half-widths >= 1 voxel")
+        half = np.asarray(window)
+        if half.dtype.kind not in "iu" or half.size not in (1, dims) or np.any(half < 1):
+            raise ValueError(
+                f"window: got {window!r}; expected one or {dims} half-widths >= 1 voxel"
+            )
+        half = np.broadcast_to(half.reshape(-1), (dims,))
     if not math.isfinite(stop):
         raise ValueError(f"stop: got {stop!r}; expected a finite amplitude level")
     if max_lesions < 0:
@@ -1038,7 +1052,10 @@ def peak_detections(
         raise ValueError(f"top_n: got {top_n}; expected a count >= 0")
     if threshold is not None and not math.isfinite(threshold):
         raise ValueError(f"threshold: got {threshold!r}; expected a finite number")
-    margin = int(np.max(size)) // 2 if exclude_border is True else int(exclude_border)
+    sizes = np.asarray(size)
+    if sizes.dtype.kind not in "iu" or sizes.size not in (1, dims) or np.any(sizes < 1):
+        raise ValueError(f"size: got {size!r}; expected one or {dims} box sizes >= 1 voxel")
+    margin = int(sizes.max()) // 2 if exclude_border is True else int(exclude_border)
     if margin < 0:
         raise ValueError(f"exclude_border: got {exclude_border!r}; expected >= 0 voxels")
     if values.size == 0 or top_n == 0:
