@@ -1,0 +1,208 @@
+"""Prediction: user units, sliding windows, MC dropout, and writing maps of cases."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from weaklesion.data.dataset import load_dataset
+from weaklesion.data.normalize import zscore
+from weaklesion.data.phantom import write_phantom_dataset
+from weaklesion.inference import predict_cases, predict_image
+from weaklesion.io import read_image, write_image
+from weaklesion.models import GPUNet, UNet
+from weaklesion.training import TrainConfig
+from weaklesion.training.checkpoint import run_state, save_checkpoint
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: on a small shared machine more threads only wait on each other."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+class Pointwise(torch.nn.Module):
+    """A 1×1(×1) convolution: every output voxel sees only its own input voxel."""
+
+    def __init__(self, channels: int = 2, spatial_dims: int = 3):
+        super().__init__()
+        conv = torch.nn.Conv3d if spatial_dims == 3 else torch.nn.Conv2d
+        self.conv = conv(channels, 1, 1)
+        torch.nn.init.normal_(self.conv.weight, generator=torch.Generator().manual_seed(0))
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def random_image(shape, seed=0):
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["heatmap", "segmentation", "euclidean"])
+@pytest.mark.parametrize("blend", ["gaussian", "constant"])
+def test_sliding_window_equals_whole_image_for_a_pointwise_network(kind, blend):
+    image = random_image((2, 13, 30, 21))  # not a multiple of the window
+    model = Pointwise()
+    whole = predict_image(model, image, kind, scale=3.0)
+    tiled = predict_image(model, image, kind, (8, 16, 16), overlap=0.5, scale=3.0, blend=blend)
+    np.testing.assert_allclose(tiled.map, whole.map, rtol=1e-5, atol=1e-6)
+
+
+def test_sliding_window_without_overlap_equals_tiles_predicted_one_by_one():
+    torch.manual_seed(0)
+    model = UNet(3, 2, 1, features=(4, 8, 16), dropout=0.1).eval()
+    image = random_image((2, 16, 32, 48))
+    tiled = predict_image(model, image, "heatmap", (16, 16, 16), overlap=0.0, blend="constant")
+    reference = np.zeros((16, 32, 48), np.float32)
+    with torch.no_grad():
+        for y in (0, 16):
+            for x in (0, 16, 32):
+                tile = torch.from_numpy(image[None, :, :, y : y + 16, x : x + 16])
+                reference[:, y : y + 16, x : x + 16] = model(tile)[0, 0].numpy()
+    np.testing.assert_allclose(tiled.map, reference, rtol=1e-5, atol=1e-5)
+    whole = predict_image(model, image, "heatmap")
+    assert not np.allclose(whole.map, reference, atol=1e-3)  # the tiles really differ
+
+
+def test_count_map_of_gpunet_whole_and_tiled():
+    torch.manual_seed(0)
+    model = GPUNet(3, 2, filters=4).eval()
+    image = random_image((2, 16, 32, 32))
+    whole = predict_image(model, image, "count")
+    with torch.no_grad():
+        count = model(torch.from_numpy(image)[None]).item()
+    assert whole.count == pytest.approx(count, rel=1e-5)
+    assert whole.map.mean() == pytest.approx(count, rel=1e-5)  # the CAM spreads the count
+    tiled = predict_image(model, image, "count", (16, 16, 16), overlap=0.0, blend="constant")
+    with torch.no_grad():
+        tiles = [
+            model(torch.from_numpy(image[None, :, :, y : y + 16, x : x + 16])).item()
+            for y in (0, 16)
+            for x in (0, 16)
+        ]
+    assert tiled.count == pytest.approx(sum(tiles), rel=1e-5)  # counts of windows add up
+    assert tiled.map.mean() == pytest.approx(tiled.count, rel=1e-5)
+
+
+def test_mc_dropout_returns_different_samples_and_leaves_state_alone():
+    torch.manual_seed(0)
+    model = UNet(3, 2, 1, features=(4, 8), dropout=0.3).eval()
+    image = random_image((2, 8, 16, 16))
+    rng_state = torch.get_rng_state()
+    prediction = predict_image(model, image, "segmentation", mc_samples=4, seed=7)
+    assert torch.equal(torch.get_rng_state(), rng_state)
+    assert not model.training and not any(m.training for m in model.modules())
+    assert prediction.samples.shape == (4, 8, 16, 16) and prediction.std.shape == (8, 16, 16)
+    for i in range(4):
+        for j in range(i):
+            assert not np.allclose(prediction.samples[i], prediction.samples[j])
+    np.testing.assert_allclose(prediction.map, prediction.samples.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(prediction.std, prediction.samples.std(axis=0), rtol=1e-5)
+    again = predict_image(model, image, "segmentation", mc_samples=4, seed=7)
+    np.testing.assert_array_equal(again.samples, prediction.samples)
+    deterministic = predict_image(model, image, "segmentation")
+    assert deterministic.samples is None
+    np.testing.assert_array_equal(
+        deterministic.map, predict_image(model, image, "segmentation").map
+    )
+
+
+def test_mc_dropout_heatmap_counts_per_sample():
+    torch.manual_seed(0)
+    model = UNet(2, 1, 1, features=(4, 8), dropout=0.3)
+    image = random_image((1, 16, 16))
+    prediction = predict_image(model, image, "heatmap", mc_samples=3, scale=2.0)
+    sums = prediction.samples.reshape(3, -1).sum(axis=1)
+    np.testing.assert_allclose(prediction.sample_counts, sums, rtol=1e-5)
+    assert prediction.count == pytest.approx(sums.mean(), rel=1e-5)
+    assert model.training  # the caller's mode is restored
+
+
+@pytest.mark.parametrize(
+    ("image", "kwargs", "message"),
+    [
+        (np.full((1, 4, 4), np.nan), {}, "image: 16 value"),
+        (np.zeros((4, 4)), {}, "image: has shape"),
+        (np.zeros((1, 4, 4)), {"kind": "density"}, "kind: got 'density'"),
+        (np.zeros((1, 4, 4)), {"patch_size": (4, 4, 4)}, "patch_size: got"),
+        (np.zeros((1, 4, 4)), {"overlap": 1.0}, "overlap: got"),
+    ],
+)
+def test_bad_input_is_refused(image, kwargs, message):
+    kwargs = {"kind": "heatmap", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        predict_image(Pointwise(1, 2), image, **kwargs)
+
+
+def test_empty_image_gives_an_empty_map():
+    prediction = predict_image(Pointwise(1, 2), np.zeros((1, 0, 5)), "heatmap")
+    assert prediction.map.shape == (0, 5) and prediction.count == 0.0
+
+
+@pytest.fixture(scope="module")
+def run_and_data(tmp_path_factory):
+    """A run folder holding an (untrained) heatmap U-Net, and a 3-case phantom."""
+    data = write_phantom_dataset(
+        tmp_path_factory.mktemp("data"),
+        n_cases=3,
+        shape=(16, 24, 24),
+        splits=(3, 0, 0),
+        n_lesions=3,
+    )
+    run_dir = tmp_path_factory.mktemp("run")
+    config = TrainConfig(labels="points", model_kwargs={"features": [4, 8]}, spatial_dims=3)
+    torch.manual_seed(0)
+    model = UNet(3, 2, 1, features=(4, 8))
+    info = {"in_channels": 2, "heatmap_scale": 4.0, "spacing": [1.0, 1.0, 1.0]}
+    save_checkpoint(run_dir / "best.pt", run_state(model, None, 1, config, info, []))
+    return run_dir, data, model.eval()
+
+
+def test_predict_cases_writes_maps_with_the_input_affine(run_and_data, tmp_path):
+    run_dir, data, model = run_and_data
+    written = predict_cases(run_dir, data, tmp_path, device="cpu", progress=False)
+    names = [path.name for path in written]
+    assert names == [f"phantom_00{i}_heatmap.nii.gz" for i in range(3)] + ["predictions.json"]
+    summary = json.loads((tmp_path / "predictions.json").read_text())
+    for case in load_dataset(data):
+        arrays = case.load()
+        written_map, affine = read_image(tmp_path / f"{case.id}_heatmap.nii.gz")
+        np.testing.assert_array_equal(affine, arrays.affine)
+        expected = predict_image(model, zscore(arrays.image), "heatmap", scale=4.0)
+        np.testing.assert_allclose(written_map, expected.map, rtol=1e-5, atol=1e-6)
+        assert summary["cases"][case.id]["count"] == pytest.approx(expected.count, rel=1e-5)
+
+
+def test_predict_cases_on_npy_files_writes_npy(run_and_data, tmp_path):
+    run_dir, _, model = run_and_data
+    image = random_image((2, 16, 24, 24), seed=1)
+    inputs = []
+    for channel in range(2):
+        path = tmp_path / "in" / f"scan_{channel:04d}.npy"
+        write_image(path, image[channel])
+        inputs.append(path)
+    written = predict_cases(
+        run_dir, inputs, tmp_path / "out", mc_samples=2, device="cpu", progress=False
+    )
+    assert [p.name for p in written] == [
+        "scan_heatmap.npy",
+        "scan_heatmap_std.npy",
+        "predictions.json",
+    ]
+    sampled = predict_image(model, zscore(image), "heatmap", mc_samples=2, scale=4.0)
+    np.testing.assert_allclose(np.load(written[0]), sampled.map, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.load(written[1]), sampled.std, rtol=1e-4, atol=1e-6)
+
+
+def test_predict_cases_refuses_the_wrong_number_of_channels(run_and_data, tmp_path):
+    run_dir, _, _ = run_and_data
+    path = tmp_path / "scan.npy"
+    write_image(path, random_image((16, 24, 24)))
+    with pytest.raises(ValueError, match="has 1 channel"):
+        predict_cases(run_dir, [path], tmp_path / "out", device="cpu", progress=False)
