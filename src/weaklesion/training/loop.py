@@ -95,6 +95,9 @@ class TrainResult:
         Its value then.
     history : list of dict
         One record per epoch (as in ``history.jsonl``).
+    model : nn.Module
+        The network with the weights of the last epoch (of this process), in eval mode;
+        :func:`~weaklesion.training.load_run` loads the best epoch's.
     """
 
     run_dir: Path
@@ -103,6 +106,7 @@ class TrainResult:
     metric: str
     best_value: float
     history: list[dict[str, Any]]
+    model: nn.Module
 
     @property
     def best_path(self) -> Path:
@@ -431,6 +435,7 @@ def train(
         metric=metric,
         best_value=float(info.get("best_value", math.nan)),
         history=history,
+        model=network.eval(),
     )
 
 
