@@ -182,8 +182,8 @@ class UNet(nn.Module):
             the last decoder features, from which the 1×1 convolution makes ``output``.
         """
         check_batch(x, "x", self.spatial_dims, self.in_channels)
-        # Channels-last tensors let the CPU convolution kernels skip a layout conversion
-        # before and after every convolution (about 1.5× faster).
+        # In channels-last layout the CPU convolution kernels skip a layout conversion
+        # before and after each convolution: predictions about 1.2× faster.
         h = x.contiguous(memory_format=MEMORY_FORMATS[self.spatial_dims])
         skips = []
         for level, block in enumerate(self.encoder):
