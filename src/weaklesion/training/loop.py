@@ -108,6 +108,13 @@ class TrainResult:
     history: list[dict[str, Any]]
     model: nn.Module
 
+    def summary(self) -> str:
+        """One line: epochs done and the best epoch with its validation metric."""
+        return (
+            f"{self.epochs_completed} epoch(s); best epoch {self.best_epoch} "
+            f"({self.metric} {self.best_value:.4g})"
+        )
+
     @property
     def best_path(self) -> Path:
         """The best checkpoint."""
