@@ -84,13 +84,26 @@ def _one_pass(
     overlap: float,
     blend: str,
     sw_batch_size: int,
+    device: torch.device,
 ) -> torch.Tensor:
+    """One prediction of the batch ``x`` (on the CPU), on ``device``.
+
+    With windows, the image and the stitched map stay on the CPU and only the windows
+    go to ``device``, so a GPU needs memory for ``sw_batch_size`` windows, not the volume.
+    """
     if patch_size is None:
-        return predict(x)
+        return predict(x.to(device)).cpu()
     from monai.inferers import sliding_window_inference
 
     stitched = sliding_window_inference(
-        x, tuple(patch_size), sw_batch_size, predict, overlap=overlap, mode=blend
+        x,
+        tuple(patch_size),
+        sw_batch_size,
+        predict,
+        overlap=overlap,
+        mode=blend,
+        sw_device=device,
+        device=torch.device("cpu"),
     )
     return torch.as_tensor(stitched)
 
@@ -169,43 +182,42 @@ def predict_image(
         raise ValueError(f"mc_samples: got {mc_samples!r}; expected a number >= 0")
     if device is None:
         device = next(iter(model.parameters()), torch.empty(0)).device
-    x = x.to(device=device, dtype=torch.float32).unsqueeze(0)
+    device = torch.device(device)
+    x = x.to(dtype=torch.float32).unsqueeze(0).cpu()
     spatial = x.shape[2:]
     if math.prod(spatial) == 0:
         empty = np.zeros(tuple(spatial), dtype=np.float32)
         return Prediction(map=empty, count=0.0 if kind in ("heatmap", "count") else None)
 
     predict = _predictor(model, kind, scale)
+
+    def one_pass() -> torch.Tensor:
+        return _one_pass(predict, x, patch_size, overlap, blend, sw_batch_size, device)
+
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             if mc_samples == 0:
-                maps = _one_pass(predict, x, patch_size, overlap, blend, sw_batch_size)[None]
+                maps = one_pass()[None]
             else:
                 from weaklesion.models import enable_mc_dropout
 
                 enable_mc_dropout(model)
-                devices = [device] if torch.device(device).type == "cuda" else []
+                devices = [device] if device.type == "cuda" else []
                 with torch.random.fork_rng(devices=devices):
                     torch.manual_seed(seed)
-                    maps = torch.stack(
-                        [
-                            _one_pass(predict, x, patch_size, overlap, blend, sw_batch_size)
-                            for _ in range(mc_samples)
-                        ]
-                    )
+                    maps = torch.stack([one_pass() for _ in range(mc_samples)])
     finally:
         model.train(was_training)
 
     # maps: (S, 1, 1, *spatial) → (S, *spatial)
-    maps = maps.reshape(maps.shape[0], *spatial).float().cpu().numpy()
+    maps = maps.reshape(maps.shape[0], *spatial).float().numpy()
     counts = None
-    if kind == "count":
-        counts = maps.reshape(len(maps), -1).sum(axis=1)
-        maps = maps * math.prod(spatial)
-    elif kind == "heatmap":
+    if kind in ("count", "heatmap"):
         counts = maps.reshape(len(maps), -1).sum(axis=1, dtype=np.float64)
+    if kind == "count":
+        maps = maps * math.prod(spatial)
     count = None if counts is None else float(counts.mean())
     if mc_samples == 0:
         return Prediction(map=maps[0], count=count)
