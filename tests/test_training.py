@@ -258,6 +258,18 @@ def test_masks_counts_sample_count_is_the_lesions_left_in_the_patch():
     assert seen >= {1.0, 2.0} or seen >= {0.0, 1.0}
 
 
+def test_loss_mask_is_cropped_with_the_image():
+    case = _case_with_target_as_image()
+    case.image[1] = case.image[1] > 0.2  # channel 1 now shows the region of the loss
+    case.roi = case.image[1] > 0
+    config = tiny_config("points", augment=False, patch_size=[8, 12, 12], loss_inside_mask=True)
+    dataset = LesionDataset([case], config, heatmap_scale([1.0] * 3))
+    for epoch in range(4):
+        dataset.set_epoch(epoch)
+        sample = dataset[0]
+        assert torch.equal(sample["loss_mask"][0] > 0, sample["image"][1] > 0)
+
+
 def test_collate_pads_to_the_largest_shape():
     batch = collate(
         [

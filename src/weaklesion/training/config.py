@@ -73,7 +73,9 @@ class TrainConfig:
     foreground_threshold : float
         Target value (on the peak-1 scale) above which a voxel counts as foreground.
     loss_inside_mask : bool
-        Restrict the heatmap / distance MSE to the dataset's masks where a case has one.
+        Restrict the heatmap / distance MSE to the voxels where some channel of the raw
+        image is above its minimum: the head or brain of a scan with a constant
+        background (e.g. skull-stripped), so that the empty background does not count.
     positive_weight : float
         Weight of lesion voxels in the segmentation BCE.
     count_weight : float

@@ -56,9 +56,9 @@ class TrainingCase:
     instances : ndarray, shape (*spatial), int32, or None
         Lesion masks, one label per lesion (0 for background).
     roi : ndarray, shape (*spatial), bool, or None
-        Region where the dense losses apply with ``loss_inside_mask`` (e.g. the brain).
-    affine : ndarray, shape (D + 1, D + 1), or None
-        Voxel-to-world transform of the image.
+        Region where the dense losses apply with ``loss_inside_mask``: the voxels where
+        some channel of the raw image is above its minimum (the head or brain of a
+        scan whose background is constant, e.g. skull-stripped).
     """
 
     name: str
@@ -68,7 +68,6 @@ class TrainingCase:
     count: int | None = None
     instances: np.ndarray | None = None
     roi: np.ndarray | None = None
-    affine: np.ndarray | None = None
 
 
 def _instance_labels(mask: np.ndarray) -> np.ndarray:
@@ -92,8 +91,8 @@ def _training_case(case, config: TrainConfig) -> TrainingCase:
         count = len(np.unique(instances)) - int((instances == 0).any())
     roi = None
     if config.loss_inside_mask:
-        background = arrays.image.reshape(len(arrays.image), -1).min(axis=1)
-        roi = (arrays.image != background.reshape(-1, *[1] * (arrays.image.ndim - 1))).any(0)
+        spatial_axes = tuple(range(1, arrays.image.ndim))
+        roi = (arrays.image > arrays.image.min(axis=spatial_axes, keepdims=True)).any(axis=0)
     return TrainingCase(
         name=case.id,
         image=zscore(arrays.image),
@@ -102,7 +101,6 @@ def _training_case(case, config: TrainConfig) -> TrainingCase:
         count=count,
         instances=instances,
         roi=roi,
-        affine=arrays.affine,
     )
 
 
