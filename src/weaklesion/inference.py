@@ -11,7 +11,6 @@ Maps come back in user units whatever the network does internally:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -24,7 +23,7 @@ import torch
 from torch import nn
 
 from weaklesion._validation import check_finite
-from weaklesion.io import atomic_write
+from weaklesion.io import write_json
 
 KINDS = ("heatmap", "euclidean", "geodesic", "segmentation", "count")
 
@@ -355,8 +354,6 @@ def predict_cases(
         if prediction.sample_counts is not None:
             summary[case.id]["sample_counts"] = prediction.sample_counts.tolist()
     summary_path = out_dir / "predictions.json"
-    with atomic_write(summary_path, "w", encoding="utf-8") as handle:
-        json.dump({"kind": kind, "run": str(run_dir), "cases": summary}, handle, indent=2)
-        handle.write("\n")
+    write_json(summary_path, {"kind": kind, "run": str(run_dir), "cases": summary})
     written.append(summary_path)
     return written

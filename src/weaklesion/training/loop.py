@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from weaklesion.inference import predict_image
-from weaklesion.io import atomic_write
+from weaklesion.io import atomic_write, write_json
 from weaklesion.training import distributed
 from weaklesion.training.checkpoint import (
     build_model_for,
@@ -262,16 +262,21 @@ def _is_better(value: float, best: float | None, mode: str) -> bool:
     return value > best if mode == "max" else value < best
 
 
-def _write_json(path: Path, value: Any) -> None:
-    with atomic_write(path, "w", encoding="utf-8") as handle:
-        json.dump(value, handle, indent=2)
-        handle.write("\n")
+def _json_ready(value: Any) -> Any:
+    """``value`` with NaN and infinities as None, which JSON can hold."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(item) for item in value]
+    return value
 
 
 def _write_history(path: Path, history: Sequence[dict[str, Any]]) -> None:
     with atomic_write(path, "w", encoding="utf-8") as handle:
         for record in history:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(json.dumps(_json_ready(record)) + "\n")
 
 
 def _check_resumable(stored: TrainConfig, config: TrainConfig, path: Path) -> None:
@@ -525,17 +530,19 @@ def _end_epoch(
         run_dir / "last.pt", run_state(network, optimizer, epoch + 1, config, info, history)
     )
     _write_history(run_dir / "history.jsonl", history)
-    _write_json(
+    write_json(
         run_dir / "metrics.json",
-        {
-            "epochs_completed": epoch + 1,
-            "metric": metric,
-            "mode": mode,
-            "best_epoch": info.get("best_epoch"),
-            "best_value": info.get("best_value"),
-            "best_threshold": info.get("best_threshold"),
-            "heatmap_scale": info["heatmap_scale"],
-            "last": record,
-        },
+        _json_ready(
+            {
+                "epochs_completed": epoch + 1,
+                "metric": metric,
+                "mode": mode,
+                "best_epoch": info.get("best_epoch"),
+                "best_value": info.get("best_value"),
+                "best_threshold": info.get("best_threshold"),
+                "heatmap_scale": info["heatmap_scale"],
+                "last": record,
+            }
+        ),
     )
     return record
