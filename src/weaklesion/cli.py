@@ -58,11 +58,19 @@ def _parse_floats(text: str | None, name: str) -> tuple[float, ...] | None:
 
 
 def _case_name(path: Path) -> str:
+    """Case name of a map file: its name less the suffix and the ``_<kind>`` that
+    ``weaklesion predict`` appends (``case_001_heatmap.nii.gz`` is case ``case_001``)."""
+    from weaklesion.training.config import TARGETS
+
     name = path.name
     for suffix in (".nii.gz", ".nii", ".npy", ".npz", ".tif", ".tiff", ".png"):
         if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
+            name = name[: -len(suffix)]
+            break
+    for kind in TARGETS:
+        if name.endswith(f"_{kind}"):
+            return name[: -len(kind) - 1]
+    return name
 
 
 def _read_map(path: Path, channel: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -394,3 +402,7 @@ def evaluate(
 def main() -> None:
     """Entry point of the console script."""
     app()
+
+
+if __name__ == "__main__":
+    main()
