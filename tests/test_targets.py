@@ -149,12 +149,13 @@ def test_heatmap_rejects_a_shape_that_is_not_2d_or_3d():
 # Euclidean distance maps
 
 
+@pytest.mark.parametrize("count", [5, 200])  # the per-point minimum and the k-d tree
 @pytest.mark.parametrize(
     ("shape", "spacing"), [((13, 17), None), ((13, 17), (0.7, 1.9)), ((6, 9, 11), (2.5, 1.0, 0.8))]
 )
-def test_euclidean_distance_equals_brute_force(shape, spacing):
+def test_euclidean_distance_equals_brute_force(shape, spacing, count):
     rng = np.random.default_rng(2)
-    points = random_points(rng, shape, 5)
+    points = random_points(rng, shape, count)
     scale = np.broadcast_to(1.0 if spacing is None else spacing, len(shape))
     voxels = np.indices(shape, dtype=float).reshape(len(shape), -1).T
     expected = np.min(

@@ -8,11 +8,13 @@ same paper.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 from scipy.spatial import cKDTree
@@ -96,7 +98,7 @@ def gaussian_heatmap(
     sigma: float | Sequence[float],
     spacing: float | Sequence[float] | None = None,
     truncate: float = 4.0,
-    dtype: np.dtype | type = np.float32,
+    dtype: npt.DTypeLike = np.float32,
 ) -> np.ndarray:
     """Sum of mass-1 Gaussians, one per point: the heatmap regression target.
 
@@ -183,7 +185,9 @@ def euclidean_distance_map(
     """Distance from every voxel centre to the nearest point.
 
     The distance is exact to the real-valued (sub-voxel) point, not to the voxel it
-    falls in: a k-d tree of the points is queried with every voxel centre.
+    falls in. Up to 128 points, the squared distance to each point is formed from
+    per-axis terms over the whole image and the minimum kept; beyond that, a k-d tree
+    of the points is queried with every voxel centre.
 
     Parameters
     ----------
@@ -202,10 +206,10 @@ def euclidean_distance_map(
 
     Notes
     -----
-    ``scipy.ndimage.distance_transform_edt`` on the voxels nearest the points is faster
-    but is off by up to half a voxel diagonal (0.87 voxel in 3D) near each point; the
-    k-d tree query costs about a second for 2.4 million voxels and is exact (see
-    ``benchmarks/bench_targets.py``).
+    ``scipy.ndimage.distance_transform_edt`` on the voxels nearest the points is off by
+    up to half a voxel diagonal near each point. On 64 x 192 x 192 voxels the
+    per-point minimum takes about 6 ms a point and the k-d tree 1 to 3 s whatever the
+    number of points, hence the switch (see ``benchmarks/bench_targets.py``).
 
     Examples
     --------
@@ -219,6 +223,13 @@ def euclidean_distance_map(
     scale = axis_spacing(spacing, len(sizes), "spacing")
     if len(points) == 0:
         return np.full(sizes, np.inf)
+    if len(points) <= 128:
+        axes = [np.arange(size) * s for size, s in zip(sizes, scale, strict=True)]
+        squared = np.full(sizes, np.inf)
+        for point in points * scale:
+            terms = [(axis - c) ** 2 for axis, c in zip(axes, point, strict=True)]
+            np.minimum(squared, functools.reduce(np.add.outer, terms), out=squared)
+        return np.sqrt(squared)
     tree = cKDTree(points * scale)
     grid = np.stack(
         np.meshgrid(
@@ -250,17 +261,22 @@ def _geodesic_inputs(points, image, spacing, weight):
     return channels.astype(np.float64), seeds, axis_spacing(spacing, len(sizes), "spacing")
 
 
-def _step_cost(current, neighbour, step_length, weight):
-    """Cost of one step: (1 - weight) * step length + weight * |intensity change|."""
-    cost = (1.0 - weight) * step_length
-    if weight:
-        change = current - neighbour
-        if len(change) == 1:
-            change = np.abs(change[0])
-        else:
-            change = np.sqrt((change**2).sum(axis=0))
-        cost = cost + weight * change
-    return cost
+def _step_cost(current, neighbour, step_length, weight, out):
+    """Write the cost of steps into ``out``: (1 - weight) * length + weight * |change|.
+
+    ``current`` and ``neighbour`` are (C, ...) intensities at the two ends of each step.
+    """
+    if not weight:
+        out[...] = step_length
+        return out
+    if len(current) == 1:
+        np.subtract(current[0], neighbour[0], out=out)
+        np.abs(out, out=out)
+    else:
+        np.sqrt(((current - neighbour) ** 2).sum(axis=0), out=out)
+    out *= weight
+    out += (1.0 - weight) * step_length
+    return out
 
 
 def _raster_geodesic(channels, seeds, scale, weight, iterations):
@@ -271,6 +287,9 @@ def _raster_geodesic(channels, seeds, scale, weight, iterations):
     distance[tuple((seeds + 1).T)] = 0.0
     padded = np.pad(channels, [(0, 0)] + [(1, 1)] * dims, mode="edge")
     offsets = list(itertools.product((-1, 0, 1), repeat=dims - 1))
+    # One buffer per offset, reused for every axis and round, bounds the memory to
+    # 3^(D-1) arrays of the image's size.
+    edge_storage = [np.empty(distance.size) for _ in offsets]
     rounds = 0
     while iterations is None or rounds < iterations:
         before = distance.copy()
@@ -288,16 +307,21 @@ def _raster_geodesic(channels, seeds, scale, weight, iterations):
             # edges[o][k] holds the cost between voxel q of slice k + 1 and voxel q + o of
             # slice k, padded like ``dist`` across the slice so it can be shifted too.
             edges = {}
-            for offset in offsets:
+            for offset, storage in zip(offsets, edge_storage, strict=True):
                 length = math.hypot(
                     scale[axis], *(o * scale[a] for o, a in zip(offset, others, strict=True))
                 )
-                cost = np.full((sizes[axis] - 1, *dist.shape[1:]), np.inf)
-                cost[(slice(None), *inner)] = _step_cost(
+                cost = storage[: (sizes[axis] - 1) * math.prod(dist.shape[1:])]
+                cost = cost.reshape(sizes[axis] - 1, *dist.shape[1:])
+                for side in range(1, dims):
+                    cost[(slice(None),) * side + (0,)] = np.inf
+                    cost[(slice(None),) * side + (-1,)] = np.inf
+                _step_cost(
                     image[(slice(None), slice(2, -1), *inner)],
                     image[(slice(None), slice(1, -2), *shift[offset])],
                     length,
                     weight,
+                    out=cost[(slice(None), *inner)],
                 )
                 edges[offset] = cost
             buffer = np.empty(dist.shape[1:])[inner]
@@ -338,10 +362,11 @@ def _dijkstra_geodesic(channels, seeds, scale, weight):
         step = float(np.sqrt(np.sum((np.asarray(offset) * scale) ** 2)))
         rows.append(index[here].ravel())
         cols.append(index[there].ravel())
-        cost = _step_cost(
-            channels[(slice(None), *here)], channels[(slice(None), *there)], step, weight
+        cost = np.empty(index[here].shape)
+        _step_cost(
+            channels[(slice(None), *here)], channels[(slice(None), *there)], step, weight, cost
         )
-        costs.append(np.broadcast_to(cost, index[here].shape).ravel())
+        costs.append(cost.ravel())
     graph = csr_matrix(
         (np.concatenate(costs), (np.concatenate(rows), np.concatenate(cols))),
         shape=(index.size, index.size),
