@@ -146,6 +146,17 @@ def test_gpunet_attention_map_is_the_weighted_sum_of_the_last_feature_maps():
     assert features.min() >= 0
 
 
+def test_empty_batches_give_empty_outputs_of_the_right_shape():
+    output, features = UNet(3, out_channels=2, features=TINY).forward_features(
+        torch.zeros(0, 1, 20, 18, 17)
+    )
+    assert output.shape == (0, 2, 20, 18, 17)
+    assert features["bottleneck"].shape == (0, TINY[-1], 2, 2, 2)
+    count, attention = GPUNet(2, filters=2).predict(torch.zeros(0, 1, 10, 12))
+    assert count.shape == (0,)
+    assert attention.shape == (0, 10, 12)
+
+
 def _all_parameters_get_gradients(net, loss):
     loss.backward()
     for name, parameter in net.named_parameters():
