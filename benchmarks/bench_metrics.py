@@ -7,7 +7,7 @@
    weighted cumulative sum per block of resamples) against ``bootstrap_ci`` rebuilding
    the curve with ``froc_curve`` for every resample. Both give the same interval.
 
-Run: ``.venv/bin/python -m benchmarks.metrics``; writes ``benchmarks/results/metrics.json``.
+Run: ``.venv/bin/python -m benchmarks.bench_metrics``; writes ``benchmarks/results/metrics.json``.
 """
 
 from __future__ import annotations
