@@ -416,10 +416,9 @@ def geodesic_distance_map(
         ``"dijkstra"`` runs ``scipy.sparse.csgraph.dijkstra`` on the voxel graph. Both
         give the same distances (the shortest paths of the same graph). The raster
         scan peaks at about 130 bytes a voxel in 3D against about 850 for the graph,
-        and is 1.4 to 2.5 times faster at
-        ``weight=0.5``; at ``weight=1`` on a noisy image its paths wind and it needs
-        about 16 rounds, so Dijkstra is about 1.5 times faster there (measured on
-        64 x 128 x 128 voxels in ``benchmarks/bench_targets.py``).
+        and is 1.4 to 2.5 times faster at ``weight=0.5``; at ``weight=1`` on a noisy
+        image its paths wind and it needs about 16 rounds, so Dijkstra is about 1.5
+        times faster there (``benchmarks/bench_targets.py``, up to 64 x 128 x 128).
     iterations : int, optional
         For ``"raster"``: stop after this many rounds (of 2·D sweeps), giving an upper
         bound of the distance; None runs until nothing changes. Four rounds give the
