@@ -8,6 +8,7 @@ type-checked so that a typo fails at once with a one-line error naming the key.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -105,6 +106,16 @@ class TrainConfig:
     match_distance : float
         Largest distance, in ``sigma_units``, at which a validation detection matches a
         true lesion (detection F1).
+    init_from : str or None
+        A run folder (its ``best.pt``) or a checkpoint file whose network weights start
+        the training instead of a random initialisation: transfer, e.g. a heatmap model
+        fine-tuned as a segmentation model. The network (``model``, ``model_kwargs``,
+        channels, dimensions) must be the same.
+    label_fraction : float
+        Fraction in (0, 1] of the training cases whose labels are used, drawn with the
+        seed, at least one case (e.g. 0.01 of the masks); the validation cases are kept.
+    freeze_encoder : bool
+        Train the decoder only: the encoder's parameters keep their initial values.
     device : {"auto", "cpu", "cuda"}
         ``"auto"`` uses CUDA when it is available.
 
@@ -144,6 +155,9 @@ class TrainConfig:
     num_threads: int = 2
     val_fraction: float = 0.2
     match_distance: float = 3.0
+    init_from: str | None = None
+    label_fraction: float = 1.0
+    freeze_encoder: bool = False
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -187,6 +201,10 @@ def _check_ranges(config: TrainConfig) -> None:
     if not 0 <= config.geodesic_weight <= 1:
         raise ValueError(
             f"geodesic_weight: got {config.geodesic_weight!r}; expected a value in [0, 1]"
+        )
+    if not 0 < config.label_fraction <= 1:
+        raise ValueError(
+            f"label_fraction: got {config.label_fraction!r}; expected a value in (0, 1]"
         )
     if not 0 <= config.val_fraction < 1:
         raise ValueError(f"val_fraction: got {config.val_fraction!r}; expected a value in [0, 1)")
@@ -289,6 +307,7 @@ def _apply(values: dict[str, Any], updates: Mapping[str, Any], source: str) -> N
 def load_config(
     path: str | os.PathLike | None = None,
     overrides: Mapping[str, Any] | Iterable[str] = (),
+    base: Mapping[str, Any] | None = None,
 ) -> TrainConfig:
     """Read a training configuration from TOML and apply overrides.
 
@@ -301,6 +320,9 @@ def load_config(
         Values that replace the file's. A string value is read as TOML (``epochs=5``,
         ``patch_size=[16, 32, 32]``, ``labels="counts"``), a bare word as a string and
         ``none`` as None; ``model_kwargs.NAME=value`` sets one network argument.
+    base : dict or None
+        Values to start from instead of the defaults (e.g. ``dataclasses.asdict`` of
+        another run's configuration); the file and the overrides replace them.
 
     Returns
     -------
@@ -321,7 +343,7 @@ def load_config(
     ...
     ValueError: overrides: unknown key 'epoch'; expected one of ...
     """
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = copy.deepcopy(dict(base or {}))
     if path is not None:
         try:
             with open(path, "rb") as handle:
