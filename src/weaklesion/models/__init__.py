@@ -7,7 +7,8 @@
 
 :func:`build_model` makes either from its name, so that a configuration file can name a
 model; :func:`model_summary` counts parameters; :func:`enable_mc_dropout` keeps dropout
-active at inference for Monte-Carlo sampling.
+active at inference for Monte-Carlo sampling; :func:`freeze_encoder` leaves the encoder
+out of training (fine-tuning the decoder only).
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from torch import nn
 from weaklesion.models.gpunet import GPUNet
 from weaklesion.models.unet import UNet
 
-__all__ = ["MODEL_NAMES", "GPUNet", "UNet", "build_model", "enable_mc_dropout", "model_summary"]
+__all__ = [
+    "MODEL_NAMES",
+    "GPUNet",
+    "UNet",
+    "build_model",
+    "enable_mc_dropout",
+    "freeze_encoder",
+    "model_summary",
+]
 
 _DROPOUT_TYPES = (
     nn.Dropout,
@@ -128,4 +137,39 @@ def enable_mc_dropout(model: nn.Module) -> nn.Module:
         )
     for layer in layers:
         layer.train()
+    return model
+
+
+def freeze_encoder(model: nn.Module) -> nn.Module:
+    """Stop training the encoder of ``model``: its parameters no longer require gradients.
+
+    The encoder is the ``encoder`` module of the network (every level of a
+    :class:`UNet` down to the bottleneck); the decoder and the output layer train on.
+    Buffers, such as batch-normalisation statistics, are left alone.
+
+    Returns
+    -------
+    model : torch.nn.Module
+        The same model, changed in place.
+
+    Raises
+    ------
+    ValueError
+        If the model has no ``encoder`` module.
+
+    Examples
+    --------
+    >>> net = freeze_encoder(UNet(spatial_dims=2, features=(2, 4)))
+    >>> model_summary(net)["trainable_parameters"] < model_summary(net)["parameters"]
+    True
+    >>> any(p.requires_grad for p in net.encoder.parameters())
+    False
+    """
+    encoder = getattr(model, "encoder", None)
+    if not isinstance(encoder, nn.Module):
+        raise ValueError(
+            f"model: {type(model).__name__} has no encoder module; expected a network "
+            "with an 'encoder' attribute such as UNet"
+        )
+    encoder.requires_grad_(False)
     return model
