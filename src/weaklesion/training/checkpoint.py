@@ -73,6 +73,41 @@ def build_model_for(config: TrainConfig, in_channels: int) -> nn.Module:
     )
 
 
+def load_weights(model: nn.Module, source: str | os.PathLike) -> Path:
+    """Copy the network weights of a run folder's ``best.pt``, or a checkpoint file, into ``model``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A network of the same architecture as the one saved; changed in place.
+    source : path
+        A run folder written by :func:`weaklesion.training.train`, or a checkpoint file.
+
+    Returns
+    -------
+    path : Path
+        The checkpoint read.
+
+    Raises
+    ------
+    ValueError
+        If there is no such checkpoint, or it holds the weights of another network.
+    """
+    path = Path(source)
+    if path.is_dir():
+        path = path / "best.pt"
+    state = load_checkpoint(path)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        reason = str(error).splitlines()[-1].strip()
+        raise ValueError(
+            f"init_from: {path} holds the weights of another network ({reason}); expected "
+            "the same model and model_kwargs"
+        ) from None
+    return path
+
+
 def run_state(
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None,
