@@ -22,6 +22,7 @@ from weaklesion.training.config import TrainConfig
 
 # Independent random streams derived from the run's seed.
 ORDER_STREAM, SAMPLE_STREAM, DROPOUT_STREAM, SPLIT_STREAM = 0, 1, 2, 3
+LABEL_SUBSET_STREAM = 4
 
 # Small augmentation: rotations up to this many radians about each axis, scaling by a
 # factor in [1 - MAX_SCALE, 1 + MAX_SCALE] per axis, each axis flipped with probability
@@ -121,6 +122,7 @@ def load_training_cases(
     out. The validation cases are the dataset's ``validation`` split when it has one
     with such labels; otherwise ``config.val_fraction`` of the cases (at least one when
     the fraction is positive and there are two cases or more), drawn with the seed.
+    Of the other cases, :func:`labelled_subset` keeps ``config.label_fraction``.
 
     Parameters
     ----------
@@ -161,7 +163,9 @@ def load_training_cases(
         n_val = min(max(round(config.val_fraction * len(usable)), 1), len(usable) - 1)
         order = np.random.default_rng([config.seed, SPLIT_STREAM]).permutation(len(usable))
         validation = {usable[i].id for i in order[:n_val]}
-    cases = [_training_case(c, config) for c in usable]
+    training = [c.id for c in usable if c.id not in validation]
+    kept = set(labelled_subset(training, config.label_fraction, config.seed)) | validation
+    cases = [_training_case(c, config) for c in usable if c.id in kept]
     dims = {case.image.ndim - 1 for case in cases}
     channels = {len(case.image) for case in cases}
     if len(dims) > 1 or len(channels) > 1:
@@ -180,6 +184,37 @@ def load_training_cases(
     train = [case for case in cases if case.name not in validation]
     val = [case for case in cases if case.name in validation]
     return train, val, info
+
+
+def labelled_subset(names: Sequence[str], fraction: float, seed: int) -> list[str]:
+    """The training cases whose labels are used: a seeded random ``fraction`` of ``names``.
+
+    ``round(fraction * len(names))`` cases (halves rounded up), at least one, are drawn
+    by a permutation seeded by ``seed``, and returned in their given order.
+
+    Parameters
+    ----------
+    names : sequence of str
+        Training case names.
+    fraction : float
+        In (0, 1]; 1 keeps every case.
+    seed : int
+        Seed of the draw (the run's seed).
+
+    Examples
+    --------
+    >>> names = [f"case_{i}" for i in range(10)]
+    >>> len(labelled_subset(names, 0.25, seed=0)), len(labelled_subset(names, 0.01, seed=0))
+    (3, 1)
+    >>> labelled_subset(names, 0.3, seed=1) == labelled_subset(names, 0.3, seed=1)
+    True
+    """
+    names = list(names)
+    if fraction >= 1 or not names:
+        return names
+    n_kept = min(max(math.floor(fraction * len(names) + 0.5), 1), len(names))
+    order = np.random.default_rng([seed, LABEL_SUBSET_STREAM]).permutation(len(names))
+    return [names[i] for i in np.sort(order[:n_kept])]
 
 
 def stream_seed(seed: int, stream: int, *keys: int) -> int:
