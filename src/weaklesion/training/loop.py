@@ -27,6 +27,11 @@ count                  count MAE (min) of the GP-Unet count; count accuracy
 
 A detection matches a true lesion within ``config.match_distance`` (in mm with
 ``sigma_units="mm"``, else in voxels), one-to-one (:func:`weaklesion.metrics.match_points`).
+
+Transfer uses the same loop: ``config.init_from`` starts the network from another run's
+weights, ``config.freeze_encoder`` trains the decoder only, and ``config.label_fraction``
+keeps a seeded fraction of the training cases (see
+:func:`weaklesion.training.finetune.finetune`).
 """
 
 from __future__ import annotations
@@ -47,10 +52,12 @@ from torch import nn
 
 from weaklesion.inference import predict_image
 from weaklesion.io import atomic_write, write_json
+from weaklesion.models import freeze_encoder
 from weaklesion.training import distributed
 from weaklesion.training.checkpoint import (
     build_model_for,
     load_checkpoint,
+    load_weights,
     run_state,
     save_checkpoint,
 )
@@ -396,8 +403,14 @@ def train(
     }
 
     torch.manual_seed(config.seed)
-    network = build_model_for(config, info["in_channels"]).to(device)
-    optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
+    network = build_model_for(config, info["in_channels"])
+    if config.init_from is not None and state is None:
+        load_weights(network, config.init_from)
+    if config.freeze_encoder:
+        freeze_encoder(network)
+    network = network.to(device)
+    trainable = [p for p in network.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=config.lr)
     history: list[dict[str, Any]] = []
     start = 0
     if state is not None:
