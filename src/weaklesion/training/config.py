@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from weaklesion.io import atomic_write
+from weaklesion.models.heads import COUNT_HEADS
 
 LABELS = ("points", "counts", "masks", "masks+counts")
 TARGETS = ("heatmap", "euclidean", "geodesic", "segmentation", "count")
@@ -37,6 +38,7 @@ CHOICES = {
     "labels": LABELS,
     "target": TARGETS,
     "sigma_units": ("voxels", "mm"),
+    "count_head": COUNT_HEADS,
     "device": ("auto", "cpu", "cuda"),
 }
 
@@ -87,6 +89,12 @@ class TrainConfig:
         Epochs over which the count weight then rises linearly to ``count_weight``.
     max_count : int
         Highest count with its own bin in the count loss (higher counts share the last).
+    count_head : {"poisson_binomial", "bottleneck", "multihead", "downstream"}
+        How ``masks+counts`` training counts: the Poisson-binomial distribution of the
+        map's candidate regions, or a classifier over the bins ``0 .. max_count`` on the
+        U-Net's bottleneck, last decoder features or sigmoid map (see
+        :mod:`weaklesion.models.heads`), trained with cross-entropy on the same
+        schedule. Heads count whole images: ``patch_size`` must be none.
     epochs : int
         Number of training epochs.
     lr : float
@@ -146,6 +154,7 @@ class TrainConfig:
     count_warmup_epochs: int = 5
     count_ramp_epochs: int = 5
     max_count: int = 4
+    count_head: str = "poisson_binomial"
     epochs: int = 100
     lr: float = 1e-3
     batch_size: int = 2
@@ -208,6 +217,15 @@ def _check_ranges(config: TrainConfig) -> None:
         )
     if not 0 <= config.val_fraction < 1:
         raise ValueError(f"val_fraction: got {config.val_fraction!r}; expected a value in [0, 1)")
+    if config.count_head != "poisson_binomial" and config.labels != "masks+counts":
+        raise ValueError(
+            f"count_head: {config.count_head!r} is trained from 'masks+counts' labels; "
+            f"got labels {config.labels!r}"
+        )
+    if config.count_head != "poisson_binomial" and config.patch_size is not None:
+        raise ValueError(
+            f"patch_size: a {config.count_head!r} count head counts whole images; expected none"
+        )
     if config.spatial_dims not in (None, 2, 3):
         raise ValueError(f"spatial_dims: got {config.spatial_dims!r}; expected 2, 3 or none")
     if config.patch_size is not None:
