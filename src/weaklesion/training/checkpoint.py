@@ -62,15 +62,20 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 def build_model_for(config: TrainConfig, in_channels: int) -> nn.Module:
     """The network ``config`` describes, for ``in_channels`` input channels and one output.
 
-    ``config.spatial_dims`` must be set (the loop sets it from the data).
+    ``config.spatial_dims`` must be set (the loop sets it from the data). With a
+    ``config.count_head`` other than ``"poisson_binomial"`` the network carries that
+    count classifier and returns ``(logits, count_logits)``
+    (:func:`weaklesion.models.heads.attach_count_head`).
     """
     from weaklesion.models import build_model
+    from weaklesion.models.heads import attach_count_head
 
     if config.spatial_dims is None:
         raise ValueError("spatial_dims: got None; expected 2 or 3 (set it or infer it from data)")
-    return build_model(
+    network = build_model(
         config.model, config.spatial_dims, in_channels, 1, **dict(config.model_kwargs)
     )
+    return attach_count_head(network, config.count_head, config.max_count)
 
 
 def load_weights(model: nn.Module, source: str | os.PathLike) -> Path:
