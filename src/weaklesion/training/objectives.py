@@ -178,16 +178,24 @@ def _segmentation_with_count(config: TrainConfig) -> Objective:
     count_loss = CountLoss(spatial_dims=config.spatial_dims, max_count=config.max_count)
 
     def objective(model: nn.Module, batch: Batch, epoch: int):
-        logits = model(batch["image"])
+        output = model(batch["image"])
+        # A network with a count head (config.count_head) returns its count logits too.
+        logits, count_logits = output if isinstance(output, tuple) else (output, None)
         segmentation = weighted_bce(logits, batch["target"], config.positive_weight)
         weight = count_weight_at(
             epoch, config.count_weight, config.count_warmup_epochs, config.count_ramp_epochs
         )
         logs = {"segmentation": segmentation.item(), "count_weight": weight}
         loss = segmentation
-        if weight > 0:
+        if count_logits is not None:
+            # Also at weight 0, so that every parameter takes part in every step (DDP).
+            labels = batch["count"].long().clamp(max=config.max_count)
+            count = F.cross_entropy(count_logits, labels)
+            loss = segmentation + weight * count
+        elif weight > 0:
             count = count_loss(torch.sigmoid(logits[:, 0]), batch["count"])
             loss = segmentation + weight * count
+        if weight > 0:
             logs["count_nll"] = count.item()
         logs["loss"] = loss.item()
         return loss, logs
@@ -208,7 +216,9 @@ def objective_for(config: TrainConfig) -> Objective:
     masks → segmentation      BCE of the logits, lesion voxels weighted ``positive_weight``
     counts → count            MSE of the predicted count (GP-Unet)
     masks+counts →            the segmentation BCE plus ``count_weight_at(epoch, ...)``
-    segmentation              times the count NLL of the sigmoid map
+    segmentation              times the count NLL of the sigmoid map (Poisson-binomial),
+                              or, with a ``count_head``, the cross-entropy of its logits
+                              over the bins ``0 .. max_count``
     ========================  ==========================================================
 
     With ``loss_inside_mask`` the dense MSE objectives only count the voxels where the
