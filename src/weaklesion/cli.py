@@ -225,6 +225,53 @@ def train(
 
 @app.command()
 @_refuse_bad_input
+def finetune(
+    data: Annotated[Path, typer.Argument(help="Dataset folder or datalist with masks.")],
+    from_run: Annotated[
+        Path, typer.Option("--from", help="Run folder of a heatmap or distance-map model.")
+    ],
+    out: Annotated[Path, typer.Option(help="Run folder for the segmentation model.")],
+    mask_fraction: Annotated[
+        float, typer.Option(help="Fraction of the training cases whose masks are used.")
+    ] = 0.01,
+    decoder_only: Annotated[
+        bool, typer.Option("--decoder-only", help="Freeze the encoder; train the decoder.")
+    ] = False,
+    epochs: Annotated[int | None, typer.Option(help="Epochs; default the source run's.")] = None,
+    which: Annotated[str, typer.Option(help="Source checkpoint: best | last | a path.")] = "best",
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a configuration key: KEY=VALUE (repeatable)."),
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue a stopped run from last.pt.")] = False,
+) -> None:
+    """Fine-tune a model trained from points into a segmentation model on a few masks.
+
+    The network starts from the source run's weights and trains with the segmentation
+    loss on a seeded random fraction of the training cases' masks (at least one case).
+
+    Example: weaklesion finetune data/phantom --from runs/heatmap --mask-fraction 0.01
+    --out runs/transfer
+    """
+    from weaklesion.training.finetune import finetune as finetune_model
+
+    result = finetune_model(
+        from_run,
+        data,
+        out,
+        mask_fraction=mask_fraction,
+        part="decoder" if decoder_only else "all",
+        epochs=epochs,
+        which=which,
+        overrides=list(set_ or []),
+        resume=resume,
+        progress=sys.stderr.isatty(),
+    )
+    typer.echo(f"fine-tuned {out}: {result.summary()}")
+
+
+@app.command()
+@_refuse_bad_input
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Dataset folder, datalist or images.")],
     run: Annotated[Path, typer.Option(help="Run folder of a trained model.")],
