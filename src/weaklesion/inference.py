@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +25,9 @@ from torch import nn
 
 from weaklesion._validation import check_finite
 from weaklesion.io import write_json
+
+if TYPE_CHECKING:
+    from weaklesion.counting import CountDistribution
 
 KINDS = ("heatmap", "euclidean", "geodesic", "segmentation", "count")
 
@@ -46,6 +50,10 @@ class Prediction:
         Standard deviation of the samples per voxel.
     sample_counts : ndarray, shape (S,), or None
         The count of each sample, for the kinds that have one.
+    count_pmf : ndarray, shape (max_count + 1,), float64, or None
+        For a network with a count head (:mod:`weaklesion.models.heads`), the softmax of
+        its count logits over the bins ``0 .. max_count`` (the last "or more"); with MC
+        dropout, the mean over the samples. None for other networks.
     """
 
     map: np.ndarray
@@ -53,20 +61,29 @@ class Prediction:
     samples: np.ndarray | None = None
     std: np.ndarray | None = None
     sample_counts: np.ndarray | None = None
+    count_pmf: np.ndarray | None = None
 
 
-def _predictor(model: nn.Module, kind: str, scale: float) -> Callable[[torch.Tensor], torch.Tensor]:
+def _predictor(
+    model: nn.Module, kind: str, scale: float, head_pmfs: list[torch.Tensor] | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """Network input ``(N, C, *window)`` → map ``(N, 1, *window)`` in user units.
 
     For GP-Unet the map is the CAM divided by the window's voxel count: a count density
     whose sum over any window is that window's predicted count, so that windows stitched
-    by :func:`~monai.inferers.sliding_window_inference` still add up.
+    by :func:`~monai.inferers.sliding_window_inference` still add up. A network with a
+    count head returns ``(logits, count_logits)``; the softmax of the count logits is
+    appended to ``head_pmfs``.
     """
 
     def predict(x: torch.Tensor) -> torch.Tensor:
         if kind == "count":
             return model.attention_map(x).unsqueeze(1) / math.prod(x.shape[2:])
         output = model(x)
+        if isinstance(output, tuple):
+            output, count_logits = output
+            if head_pmfs is not None:
+                head_pmfs.append(torch.softmax(count_logits.double(), dim=-1).cpu())
         if kind == "heatmap":
             return output / scale
         if kind == "segmentation":
@@ -134,7 +151,7 @@ def predict_image(
     patch_size : sequence of ints or None
         None predicts the whole image at once; otherwise MONAI's
         ``sliding_window_inference`` with windows of this size, for images larger than
-        memory allows.
+        memory allows. Not for networks with a count head, which count whole images.
     overlap : float
         Fraction in [0, 1) by which neighbouring windows overlap.
     mc_samples : int
@@ -156,7 +173,8 @@ def predict_image(
     -------
     Prediction
         ``map`` of shape ``spatial`` (float32), plus ``count`` for the heatmap and count
-        kinds and the samples with their standard deviation when ``mc_samples > 0``.
+        kinds, ``count_pmf`` for a network with a count head, and the samples with their
+        standard deviation when ``mc_samples > 0``.
 
     Examples
     --------
@@ -175,6 +193,10 @@ def predict_image(
     check_finite(x, "image")
     if patch_size is not None and len(patch_size) != x.ndim - 1:
         raise ValueError(f"patch_size: got {tuple(patch_size)}; expected {x.ndim - 1} sizes")
+    from weaklesion.models.heads import has_count_head
+
+    if patch_size is not None and has_count_head(model):
+        raise ValueError("patch_size: a network with a count head counts whole images; got windows")
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap: got {overlap!r}; expected a fraction in [0, 1)")
     if mc_samples < 0:
@@ -188,7 +210,8 @@ def predict_image(
         empty = np.zeros(tuple(spatial), dtype=np.float32)
         return Prediction(map=empty, count=0.0 if kind in ("heatmap", "count") else None)
 
-    predict = _predictor(model, kind, scale)
+    head_pmfs: list[torch.Tensor] = []
+    predict = _predictor(model, kind, scale, head_pmfs)
 
     def one_pass() -> torch.Tensor:
         return _one_pass(predict, x, patch_size, overlap, blend, sw_batch_size, device)
@@ -218,15 +241,55 @@ def predict_image(
     if kind == "count":
         maps = maps * math.prod(spatial)
     count = None if counts is None else float(counts.mean())
+    count_pmf = torch.cat(head_pmfs).mean(0).numpy() if head_pmfs else None
     if mc_samples == 0:
-        return Prediction(map=maps[0], count=count)
+        return Prediction(map=maps[0], count=count, count_pmf=count_pmf)
     return Prediction(
         map=maps.mean(axis=0),
         count=count,
         samples=maps,
         std=maps.std(axis=0),
         sample_counts=counts,
+        count_pmf=count_pmf,
     )
+
+
+def predicted_count_distribution(
+    prediction: Prediction, max_count: int | None = None
+) -> CountDistribution:
+    """Count distribution of a segmentation prediction, whichever way the network counts.
+
+    Parameters
+    ----------
+    prediction : Prediction
+        A ``"segmentation"`` prediction of :func:`predict_image`.
+    max_count : int or None
+        Bins ``0 .. max_count``, the last one "``max_count`` or more", for the
+        Poisson-binomial count (a count head has its own bins).
+
+    Returns
+    -------
+    weaklesion.counting.CountDistribution
+        :func:`~weaklesion.counting.count_statistics` of the count head's pmf
+        (``prediction.count_pmf``) if the network has one, else the Poisson-binomial
+        distribution of the map's candidate regions
+        (:func:`~weaklesion.counting.count_distribution`).
+
+    Examples
+    --------
+    >>> probabilities = np.zeros((5, 5), np.float32)
+    >>> probabilities[1, 1] = 0.5
+    >>> predicted_count_distribution(Prediction(map=probabilities)).pmf
+    array([0.5, 0.5])
+    >>> head = Prediction(map=probabilities, count_pmf=np.array([0.1, 0.9]))
+    >>> predicted_count_distribution(head).mode
+    1
+    """
+    from weaklesion.counting import count_distribution, count_statistics
+
+    if prediction.count_pmf is not None:
+        return count_statistics(prediction.count_pmf)
+    return count_distribution(prediction.map, max_count=max_count)
 
 
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -302,7 +365,10 @@ def predict_cases(
         The written files, in case order: ``CASE_<kind>.nii.gz`` (``.npy`` for ``.npy``
         input) holding the map in user units with the input's affine, ``CASE_<kind>_std``
         beside it with MC dropout, and finally ``predictions.json`` with the kind, the
-        run, and each case's predicted count where the kind has one.
+        run, and each case's predicted count where the kind has one; for a
+        ``masks+counts`` run, each case's ``"count_distribution"`` (pmf over
+        ``0 .. max_count``, mean, mode, variance, entropy, credible interval) from
+        :func:`predicted_count_distribution`.
 
     Raises
     ------
@@ -353,6 +419,10 @@ def predict_cases(
         summary[case.id] = {"count": prediction.count}
         if prediction.sample_counts is not None:
             summary[case.id]["sample_counts"] = prediction.sample_counts.tolist()
+        if config.labels == "masks+counts":
+            summary[case.id]["count_distribution"] = predicted_count_distribution(
+                prediction, config.max_count
+            ).to_dict()
     summary_path = out_dir / "predictions.json"
     write_json(summary_path, {"kind": kind, "run": str(run_dir), "cases": summary})
     written.append(summary_path)
