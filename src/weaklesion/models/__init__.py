@@ -3,7 +3,8 @@
 - :class:`UNet` regresses dense targets (heatmaps, distance maps, segmentations) and
   exposes its bottleneck and last decoder features for count heads;
 - :class:`GPUNet` regresses an image-level count and gives a full-resolution attention
-  map with the same weights.
+  map with the same weights; :class:`GPUNetNoResidual` and :class:`TwoScaleGPUNet`
+  (with or without an attention gate) are its baselines, counting the same way.
 
 :func:`build_model` makes either from its name, so that a configuration file can name a
 model; :func:`model_summary` counts parameters; :func:`enable_mc_dropout` keeps dropout
@@ -13,14 +14,19 @@ out of training (fine-tuning the decoder only).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 
 from weaklesion.models.gpunet import GPUNet
 from weaklesion.models.unet import UNet
+from weaklesion.models.variants import GPUNetNoResidual, TwoScaleGPUNet
 
 __all__ = [
     "MODEL_NAMES",
     "GPUNet",
+    "GPUNetNoResidual",
+    "TwoScaleGPUNet",
     "UNet",
     "build_model",
     "enable_mc_dropout",
@@ -42,13 +48,24 @@ def _build_unet(spatial_dims: int, in_channels: int, out_channels: int, **kwargs
     return UNet(spatial_dims, in_channels, out_channels, **kwargs)
 
 
-def _build_gpunet(spatial_dims: int, in_channels: int, out_channels: int, **kwargs) -> nn.Module:
-    if out_channels != 1:
-        raise ValueError(f"out_channels: got {out_channels}; 'gpunet' predicts one count (1)")
-    return GPUNet(spatial_dims, in_channels, **kwargs)
+def _count_network(name: str, network: type[nn.Module], **fixed) -> Callable[..., nn.Module]:
+    """Builder of a network that predicts one count (``out_channels`` must be 1)."""
+
+    def build(spatial_dims: int, in_channels: int, out_channels: int, **kwargs) -> nn.Module:
+        if out_channels != 1:
+            raise ValueError(f"out_channels: got {out_channels}; {name!r} predicts one count (1)")
+        return network(spatial_dims, in_channels, **fixed, **kwargs)
+
+    return build
 
 
-_BUILDERS = {"unet": _build_unet, "gpunet": _build_gpunet}
+_BUILDERS = {
+    "unet": _build_unet,
+    "gpunet": _count_network("gpunet", GPUNet),
+    "gpunet_noresidual": _count_network("gpunet_noresidual", GPUNetNoResidual),
+    "gpunet_base": _count_network("gpunet_base", TwoScaleGPUNet, attention_gate=False),
+    "gated_attention": _count_network("gated_attention", TwoScaleGPUNet, attention_gate=True),
+}
 MODEL_NAMES = tuple(sorted(_BUILDERS))
 
 
@@ -60,15 +77,18 @@ def build_model(
     Parameters
     ----------
     name : str
-        One of :data:`MODEL_NAMES`: ``"unet"`` (:class:`UNet`) or ``"gpunet"``
-        (:class:`GPUNet`, which predicts one count: ``out_channels`` must be 1).
+        One of :data:`MODEL_NAMES`: ``"unet"`` (:class:`UNet`), or a network that
+        predicts one count (``out_channels`` must be 1): ``"gpunet"`` (:class:`GPUNet`),
+        ``"gpunet_noresidual"`` (:class:`GPUNetNoResidual`), ``"gpunet_base"``
+        (:class:`TwoScaleGPUNet`) or ``"gated_attention"`` (:class:`TwoScaleGPUNet` with
+        ``attention_gate=True``).
     spatial_dims : int
         2 or 3.
     in_channels, out_channels : int
         Numbers of input channels and output maps.
     **kwargs
         The network's other arguments, e.g. ``features`` and ``dropout`` for ``"unet"``,
-        ``filters`` for ``"gpunet"``.
+        ``filters`` for the count networks.
 
     Returns
     -------
