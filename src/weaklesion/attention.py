@@ -1,0 +1,329 @@
+"""Attention maps of count networks, and detections from them.
+
+A network trained on image-level counts (or presence) says where it looked through an
+attention map, a non-negative map at the input's size whose peaks are the detections.
+:func:`attention_maps` computes five kinds, the methods Dubost et al. (Medical Image
+Analysis 2020) compare:
+
+=============  =========================================================================
+method         map of image n
+=============  =========================================================================
+``cam``        class activation map: the last feature maps weighted by the output unit's
+               weights, plus its bias (``model.attention_map``); its mean is the output
+``gradcam``    Grad-CAM (Selvaraju et al., 2017): ``ReLU(Σ_k α_k A_k)`` for the feature
+               maps ``A`` of the last convolution, ``α_k`` the voxel mean of
+               ``∂y_n / ∂A_k``; (bi/tri)linearly resized to the input size
+``grad``       saliency (Simonyan et al., 2014): ``max_c |∂y_n / ∂x_c|`` over channels c
+``guided``     guided backpropagation (Springenberg et al., 2015): ``max_c g_c``, the
+               gradient of ``y_n`` with every ReLU passing back only positive gradients
+               where its forward input was positive
+``intensity``  the image itself, its mean over channels
+=============  =========================================================================
+
+``y_n`` is the network's output for image n: the count of a count network, or the sum
+of its outputs for a network with more (a dense map's sum). Every map has its negative
+values set to zero. The gradients are exact (autograd) and do not touch the parameters'
+``.grad``.
+
+:func:`detect_by_count` keeps the ``round(count)`` highest local maxima of a map
+(non-maximum suppression, then top-n by the predicted count), and :func:`froc_by_peak_rank`
+sweeps n for an FROC curve.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional
+
+from weaklesion._validation import ArrayLike, check_finite
+from weaklesion.detection import Detections, peak_detections
+from weaklesion.metrics import FROCCurve, froc_by_rank, hits_by_score
+
+METHODS = ("cam", "gradcam", "grad", "guided", "intensity")
+_CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_RESIZE_MODES = {2: "bilinear", 3: "trilinear"}
+
+
+def _image_scores(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The output ``y_n`` of each image: ``(N,)``, the sum of the model's outputs for it."""
+    output = model(x)
+    if output.ndim == 0 or output.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"model: returned shape {tuple(output.shape)} for a batch of {x.shape[0]}; "
+            "expected one output (or one map) per image"
+        )
+    return output.reshape(len(x), -1).sum(dim=1)
+
+
+def _input_gradient(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``∂y_n / ∂x_n`` for every image n, shaped like ``x``."""
+    x = x.detach().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(_image_scores(model, x).sum(), x)
+    return gradient
+
+
+def _guided_gradient(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Input gradient with every ``nn.ReLU`` module passing back positive gradients only.
+
+    A tensor hook on each ReLU output clamps the gradient arriving there at 0; the
+    ReLU's own backward then zeroes it where the forward input was not positive. The
+    hooks live for this one pass and are removed afterwards.
+    """
+    relus = [module for module in model.modules() if isinstance(module, nn.ReLU)]
+    if not relus:
+        raise ValueError(
+            f"model: {type(model).__name__} has no nn.ReLU layer; guided backpropagation "
+            "needs ReLU activations as modules"
+        )
+
+    def keep_positive(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        if output.requires_grad:
+            output.register_hook(lambda gradient: gradient.clamp(min=0))
+
+    handles = [relu.register_forward_hook(keep_positive) for relu in relus]
+    try:
+        return _input_gradient(model, x)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _last_convolution_features(model: nn.Module, x: torch.Tensor):
+    """Scores ``(N,)`` and the feature maps Grad-CAM weighs.
+
+    The feature maps are the output of the last convolution the forward pass runs whose
+    kernel is larger than one voxel (1×1 projections, as in attention gates and output
+    heads, mix channels only), taken after the ``nn.ReLU`` applied directly to it, if any.
+    """
+    found: dict[str, torch.Tensor] = {}
+
+    def convolution(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        found["convolution"] = found["features"] = output
+
+    def activation(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        if args and args[0] is found.get("convolution"):
+            found["features"] = output
+
+    handles = [
+        module.register_forward_hook(convolution)
+        for module in model.modules()
+        if isinstance(module, _CONVOLUTIONS) and math.prod(module.kernel_size) > 1
+    ]
+    handles += [
+        module.register_forward_hook(activation)
+        for module in model.modules()
+        if isinstance(module, nn.ReLU)
+    ]
+    try:
+        scores = _image_scores(model, x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if "features" not in found:
+        raise ValueError(
+            f"model: {type(model).__name__} runs no convolution larger than 1 voxel; "
+            "Grad-CAM needs one"
+        )
+    return scores, found["features"]
+
+
+def _grad_cam(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    scores, features = _last_convolution_features(model, x.detach().requires_grad_(True))
+    (gradient,) = torch.autograd.grad(scores.sum(), features, allow_unused=True)
+    if gradient is None:
+        gradient = torch.zeros_like(features)
+    weights = gradient.flatten(2).mean(dim=2)
+    cam = torch.einsum("nc...,nc->n...", features, weights).clamp(min=0)
+    if cam.shape[1:] != x.shape[2:]:
+        mode = _RESIZE_MODES[x.ndim - 2]
+        cam = functional.interpolate(cam[:, None], size=x.shape[2:], mode=mode)[:, 0]
+    return cam
+
+
+def _class_activation_map(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if not callable(getattr(model, "attention_map", None)):
+        raise ValueError(
+            f"model: {type(model).__name__} has no attention_map method; 'cam' needs a "
+            "network ending in global pooling and a linear unit (gpunet and its variants)"
+        )
+    with torch.no_grad():
+        return model.attention_map(x)
+
+
+def attention_maps(model: nn.Module | None, images: ArrayLike, method: str = "cam") -> torch.Tensor:
+    """Attention maps of a batch of images, one per image, at the input's size.
+
+    Parameters
+    ----------
+    model : nn.Module or None
+        A trained network whose output has one value (a count or presence logit) or one
+        map per image. It runs in eval mode and is left in the mode it was in; hooks it
+        gets for ``"gradcam"`` and ``"guided"`` are removed afterwards. Not used by
+        ``"intensity"`` (may be None then).
+    images : (N, C, Y, X) or (N, C, Z, Y, X) float array or tensor
+        The batch, as the network takes it (normalised). Images in a batch must not
+        interact in the network (no batch statistics), which eval mode ensures for the
+        networks of :mod:`weaklesion.models`.
+    method : {"cam", "gradcam", "grad", "guided", "intensity"}
+        See the module notes. ``"cam"`` needs a network with an ``attention_map`` method
+        (GP-Unet and its variants); ``"guided"`` a network whose ReLUs are ``nn.ReLU``
+        modules.
+
+    Returns
+    -------
+    maps : (N, Y, X) or (N, Z, Y, X) float tensor
+        Non-negative attention maps, detached, on the model's device.
+
+    Raises
+    ------
+    ValueError
+        For an unknown method, images of the wrong rank or with NaN or infinite values,
+        or a model that cannot give the method's map.
+
+    Examples
+    --------
+    A 1×1 convolution, a ReLU and global average pooling: the saliency of a voxel is
+    ``|w| / voxels`` where the convolution is positive, 0 elsewhere.
+
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), torch.nn.ReLU(),
+    ...                           torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(0))
+    >>> with torch.no_grad():
+    ...     _ = net[0].weight.fill_(-2.0), net[0].bias.fill_(0.0)
+    >>> images = torch.tensor([[[[1.0, -1.0], [-2.0, 3.0]]]])
+    >>> attention_maps(net, images, "grad")
+    tensor([[[0.0000, 0.5000],
+             [0.5000, 0.0000]]])
+    >>> attention_maps(None, images, "intensity")
+    tensor([[[1., 0.],
+             [0., 3.]]])
+    """
+    if method not in METHODS:
+        raise ValueError(f"method: got {method!r}; expected one of {', '.join(METHODS)}")
+    x = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
+    if x.ndim not in (4, 5):
+        raise ValueError(
+            f"images: has shape {tuple(x.shape)}; expected (N, C, Y, X) or (N, C, Z, Y, X)"
+        )
+    check_finite(x, "images")
+    parameter = None if model is None else next(iter(model.parameters()), None)
+    device = x.device if parameter is None else parameter.device
+    x = x.detach().to(device=device, dtype=torch.float32)
+    if model is None and method != "intensity":
+        raise ValueError(f"model: got None; method {method!r} needs a network")
+    if x.shape[0] == 0 or x.shape[1:].numel() == 0:
+        return torch.zeros((x.shape[0], *x.shape[2:]), device=device)
+    if method == "intensity":
+        return x.mean(dim=1).clamp(min=0)
+    compute = {
+        "cam": _class_activation_map,
+        "gradcam": _grad_cam,
+        "grad": lambda net, batch: _input_gradient(net, batch).abs().amax(dim=1),
+        "guided": lambda net, batch: _guided_gradient(net, batch).amax(dim=1),
+    }[method]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            maps = compute(model, x)
+    finally:
+        model.train(was_training)
+    return maps.detach().clamp(min=0)
+
+
+def detect_by_count(map: ArrayLike, count: float, size: int | Sequence[int] = 6) -> Detections:
+    """The ``round(count)`` highest local maxima of an attention map.
+
+    Non-maximum suppression (:func:`~weaklesion.detection.peak_detections` with a box of
+    ``size`` voxels) gives candidates ranked by their value; the predicted count, rounded
+    half up (a negative count gives none), says how many to keep.
+
+    Parameters
+    ----------
+    map : (Z, Y, X) or (Y, X) array or tensor
+        Attention map of one image.
+    count : float
+        Predicted count of the image.
+    size : int or sequence of D ints
+        Size of the suppression box in voxels.
+
+    Returns
+    -------
+    Detections
+        At most ``round(count)`` peaks, highest first; scores are the map's values.
+
+    Examples
+    --------
+    >>> image = np.zeros((8, 8))
+    >>> image[1, 1], image[5, 6], image[6, 1] = 0.9, 0.7, 0.4
+    >>> detect_by_count(image, 1.6, size=3).points
+    array([[1., 1.],
+           [5., 6.]])
+    """
+    if not math.isfinite(count):
+        raise ValueError(f"count: got {count!r}; expected a finite number")
+    keep = max(math.floor(count + 0.5), 0)
+    return peak_detections(map, size=size, top_n=keep)
+
+
+def froc_by_peak_rank(
+    maps: Sequence[ArrayLike],
+    truth_points: Sequence[ArrayLike],
+    max_distance: float,
+    size: int | Sequence[int] = 6,
+    spacing: float | Sequence[float] | None = None,
+    max_rank: int | None = None,
+) -> FROCCurve:
+    """FROC curve of attention maps from keeping their ``n`` highest peaks, n = 0, 1, ...
+
+    The evaluation of Dubost et al.: the peaks of every map after non-maximum
+    suppression, ranked by value; a peak is a hit when it enlarges the one-to-one
+    matching with the true lesions within ``max_distance``
+    (:func:`~weaklesion.metrics.hits_by_score`); :func:`~weaklesion.metrics.froc_by_rank`
+    sweeps the number kept per image.
+
+    Parameters
+    ----------
+    maps : sequence of (Z, Y, X) or (Y, X) arrays
+        One attention map per image.
+    truth_points : sequence of (T, D) arrays
+        True lesion centres of each image, voxel coordinates.
+    max_distance : float
+        Largest match distance (mm with ``spacing``, else voxels).
+    size : int or sequence of D ints
+        Size of the suppression box in voxels.
+    spacing : float or sequence of D floats, optional
+        Voxel size in mm, the same for every image.
+    max_rank : int, optional
+        Largest n; by default the most peaks any map has.
+
+    Returns
+    -------
+    FROCCurve
+        ``thresholds`` holds n.
+
+    Examples
+    --------
+    >>> first, second = np.zeros((6, 6)), np.zeros((6, 6))
+    >>> first[1, 1], first[4, 4], second[2, 3] = 0.9, 0.5, 0.8
+    >>> curve = froc_by_peak_rank([first, second], [[[4, 4]], [[2, 3]]], 1.0, size=3)
+    >>> curve.thresholds, curve.fp_per_image, curve.sensitivity
+    (array([0, 1, 2]), array([0. , 0.5, 0.5]), array([0. , 0.5, 1. ]))
+    """
+    if len(maps) != len(truth_points):
+        raise ValueError(
+            f"maps, truth_points: got {len(maps)} maps and {len(truth_points)} point sets; "
+            "expected one point set per map"
+        )
+    scores, hits, n_truth = [], [], []
+    for values, truth in zip(maps, truth_points, strict=True):
+        found = peak_detections(values, size=size)
+        truth = np.asarray(truth, dtype=float).reshape(-1, found.spatial_dims)
+        scores.append(found.scores)
+        hits.append(hits_by_score(found.points, found.scores, truth, max_distance, spacing))
+        n_truth.append(len(truth))
+    return froc_by_rank(scores, hits, n_truth, max_rank=max_rank)
