@@ -39,6 +39,7 @@ CHOICES = {
     "target": TARGETS,
     "sigma_units": ("voxels", "mm"),
     "count_head": COUNT_HEADS,
+    "count_objective": ("regression", "classification"),
     "device": ("auto", "cpu", "cuda"),
 }
 
@@ -95,6 +96,10 @@ class TrainConfig:
         U-Net's bottleneck, last decoder features or sigmoid map (see
         :mod:`weaklesion.models.heads`), trained with cross-entropy on the same
         schedule. Heads count whole images: ``patch_size`` must be none.
+    count_objective : {"regression", "classification"}
+        How a ``count`` target trains: MSE of the predicted count, or binary
+        cross-entropy of the single output taken as the logit of lesion presence
+        (count > 0). Only for ``labels="counts"``.
     epochs : int
         Number of training epochs.
     lr : float
@@ -155,6 +160,7 @@ class TrainConfig:
     count_ramp_epochs: int = 5
     max_count: int = 4
     count_head: str = "poisson_binomial"
+    count_objective: str = "regression"
     epochs: int = 100
     lr: float = 1e-3
     batch_size: int = 2
@@ -220,6 +226,11 @@ def _check_ranges(config: TrainConfig) -> None:
     if config.count_head != "poisson_binomial" and config.labels != "masks+counts":
         raise ValueError(
             f"count_head: {config.count_head!r} is trained from 'masks+counts' labels; "
+            f"got labels {config.labels!r}"
+        )
+    if config.count_objective != "regression" and config.labels != "counts":
+        raise ValueError(
+            f"count_objective: {config.count_objective!r} applies to 'counts' labels; "
             f"got labels {config.labels!r}"
         )
     if config.count_head != "poisson_binomial" and config.patch_size is not None:
