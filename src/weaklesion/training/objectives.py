@@ -170,6 +170,16 @@ def _count_regression(config: TrainConfig) -> Objective:
     return objective
 
 
+def _presence_classification(config: TrainConfig) -> Objective:
+    def objective(model: nn.Module, batch: Batch, epoch: int):
+        logits = model(batch["image"]).reshape(-1)
+        present = (batch["count"] > 0).to(logits.dtype)
+        loss = F.binary_cross_entropy_with_logits(logits, present)
+        return loss, {"loss": loss.item()}
+
+    return objective
+
+
 def _segmentation_with_count(config: TrainConfig) -> Objective:
     from weaklesion.counting import CountLoss
 
@@ -214,7 +224,9 @@ def objective_for(config: TrainConfig) -> Objective:
     points → euclidean,       MSE against the distance-decay map
     geodesic
     masks → segmentation      BCE of the logits, lesion voxels weighted ``positive_weight``
-    counts → count            MSE of the predicted count (GP-Unet)
+    counts → count            MSE of the predicted count (GP-Unet); with
+                              ``count_objective="classification"``, BCE of the output
+                              as the logit of presence (count > 0)
     masks+counts →            the segmentation BCE plus ``count_weight_at(epoch, ...)``
     segmentation              times the count NLL of the sigmoid map (Poisson-binomial),
                               or, with a ``count_head``, the cross-entropy of its logits
@@ -247,6 +259,8 @@ def objective_for(config: TrainConfig) -> Objective:
         return _segmentation_with_count(config)
     if config.target == "segmentation":
         return _segmentation(config)
+    if config.target == "count" and config.count_objective == "classification":
+        return _presence_classification(config)
     if config.target == "count":
         return _count_regression(config)
     return _dense_regression(config)
