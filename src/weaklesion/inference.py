@@ -334,6 +334,7 @@ def predict_cases(
     mc_samples: int = 0,
     device: str = "auto",
     progress: bool = True,
+    attention: str | None = None,
 ) -> list[Path]:
     """Predict the map of every input case with a trained run and write it next to its kin.
 
@@ -358,6 +359,10 @@ def predict_cases(
         ``"auto"`` uses CUDA when available.
     progress : bool
         Show a progress bar over the cases.
+    attention : {"cam", "gradcam", "grad", "guided", "intensity"} or None
+        For a count run, write this attention map of
+        :func:`weaklesion.attention.attention_maps` (whole images, negative values set
+        to 0) as ``CASE_<attention>`` instead of the signed CAM ``CASE_count``.
 
     Returns
     -------
@@ -365,7 +370,9 @@ def predict_cases(
         The written files, in case order: ``CASE_<kind>.nii.gz`` (``.npy`` for ``.npy``
         input) holding the map in user units with the input's affine, ``CASE_<kind>_std``
         beside it with MC dropout, and finally ``predictions.json`` with the kind, the
-        run, and each case's predicted count where the kind has one; for a
+        attention method, the run, and each case's predicted count where the kind has
+        one (for a presence classifier, ``count_objective="classification"``, no count
+        but the ``"presence_probability"``, the sigmoid of its output); for a
         ``masks+counts`` run, each case's ``"count_distribution"`` (pmf over
         ``0 .. max_count``, mean, mode, variance, entropy, credible interval) from
         :func:`predicted_count_distribution`.
@@ -383,6 +390,16 @@ def predict_cases(
 
     model, config, info = load_run(run_dir, which, device_for(device))
     kind = config.target
+    if attention is not None:
+        from weaklesion.attention import METHODS, attention_maps
+
+        if attention not in METHODS:
+            raise ValueError(f"attention: got {attention!r}; expected one of {', '.join(METHODS)}")
+        if kind != "count" or patch_size is not None or mc_samples:
+            raise ValueError(
+                f"attention: {attention!r} maps are made by count networks on whole images; "
+                f"got a {kind!r} run, patch_size {patch_size}, mc_samples {mc_samples}"
+            )
     out_dir = Path(out_dir)
     cases = _input_cases(inputs, info.get("spacing"))
     written, summary = [], {}
@@ -399,9 +416,10 @@ def predict_cases(
                 f"{image.ndim - 1}D images; expected {info['in_channels']} channel(s) of "
                 f"{config.spatial_dims}D images as the model was trained on"
             )
+        normalised = zscore(image)
         prediction = predict_image(
             model,
-            zscore(image),
+            normalised,
             kind,
             patch_size=patch_size,
             overlap=overlap,
@@ -410,6 +428,9 @@ def predict_cases(
         )
         suffix = ".npy" if image_suffix(case.channels[0]) == ".npy" else ".nii.gz"
         maps = {kind: prediction.map}
+        if attention is not None:
+            batch = torch.as_tensor(normalised)[None]
+            maps = {attention: attention_maps(model, batch, attention)[0].cpu().numpy()}
         if prediction.std is not None:
             maps[f"{kind}_std"] = prediction.std
         for name, array in maps.items():
@@ -417,6 +438,9 @@ def predict_cases(
             write_image(path, array.astype(np.float32), arrays.affine)
             written.append(path)
         summary[case.id] = {"count": prediction.count}
+        if config.count_objective == "classification":
+            logit = torch.tensor(prediction.count, dtype=torch.float64)
+            summary[case.id] = {"count": None, "presence_probability": logit.sigmoid().item()}
         if prediction.sample_counts is not None:
             summary[case.id]["sample_counts"] = prediction.sample_counts.tolist()
         if config.labels == "masks+counts":
@@ -424,6 +448,9 @@ def predict_cases(
                 prediction, config.max_count
             ).to_dict()
     summary_path = out_dir / "predictions.json"
-    write_json(summary_path, {"kind": kind, "run": str(run_dir), "cases": summary})
+    write_json(
+        summary_path,
+        {"kind": kind, "attention": attention, "run": str(run_dir), "cases": summary},
+    )
     written.append(summary_path)
     return written
