@@ -6,7 +6,8 @@ the match records of many cases give precision, recall and F1 (:func:`detection_
 recall per lesion size (:func:`recall_by_size`) and, with detection scores, FROC curves
 and their normalised area (:func:`froc_curve`, :func:`froc_by_rank`, :func:`froc_auc`)
 with bootstrap confidence intervals over cases (:func:`bootstrap_ci`,
-:func:`froc_auc_ci`). Probabilities are scored by their calibration
+:func:`froc_auc_ci`; :func:`froc_auc_weighted` for the area of any weighting of the
+cases, such as paired resamples). Probabilities are scored by their calibration
 (:func:`reliability_bins`, :func:`expected_calibration_error`) and uncertainties by the
 accuracy of the most certain items (:func:`accuracy_by_certainty`); predicted counts by
 accuracy, mean absolute error and macro F1 over count classes (:func:`count_metrics`).
@@ -1166,25 +1167,118 @@ def froc_auc_ci(
     """
     _check_froc_options(max_fp, interpolation)
     _check_bootstrap(n_boot, confidence)
-    values, marks, cases, counts = _case_arrays(scores, hits, n_truth)
-    if len(counts) == 0:
+    n_cases = len(_case_arrays(scores, hits, n_truth)[3])
+    if n_cases == 0:
         return ConfidenceInterval(math.nan, math.nan, math.nan)
-    indices = _bootstrap_indices(len(counts), n_boot, seed)
+    indices = _bootstrap_indices(n_cases, n_boot, seed)
+    options = {"by_rank": by_rank, "interpolation": interpolation}
+    all_cases = np.ones((1, n_cases))
+    estimate = froc_auc_weighted(scores, hits, n_truth, all_cases, max_fp, **options)[0]
+    replicates = froc_auc_weighted(
+        scores, hits, n_truth, case_multiplicities(indices, n_cases), max_fp, **options
+    )
+    return _percentile_interval(estimate, replicates, confidence)
+
+
+def case_multiplicities(indices: ArrayLike, n_cases: int) -> np.ndarray:
+    """How often each case occurs in each resample of case indices.
+
+    Parameters
+    ----------
+    indices : (R, N) int array
+        Case indices of each of ``R`` resamples, in ``[0, n_cases)``.
+    n_cases : int
+        Number of cases.
+
+    Returns
+    -------
+    (R, n_cases) float ndarray
+        Row ``r`` counts case ``c`` ``result[r, c]`` times; rows sum to ``N``.
+
+    Examples
+    --------
+    >>> case_multiplicities([[0, 0, 2], [1, 2, 0]], 3)
+    array([[2., 0., 1.],
+           [1., 1., 1.]])
+    """
+    rows = np.asarray(_values(indices), dtype=np.int64)
+    if rows.ndim != 2:
+        raise ValueError(f"indices: has shape {rows.shape}; expected (resamples, cases drawn)")
+    if rows.size and (rows.min() < 0 or rows.max() >= n_cases):
+        raise ValueError(f"indices: expected case indices in [0, {n_cases})")
+    flat = (rows + n_cases * np.arange(len(rows))[:, None]).ravel()
+    counts = np.bincount(flat, minlength=len(rows) * n_cases)
+    return counts.reshape(len(rows), n_cases).astype(float)
+
+
+def froc_auc_weighted(
+    scores: Sequence[ArrayLike],
+    hits: Sequence[ArrayLike],
+    n_truth: ArrayLike,
+    weights: ArrayLike,
+    max_fp: float = 5.0,
+    *,
+    by_rank: bool = False,
+    interpolation: Literal["step", "linear"] = "step",
+) -> np.ndarray:
+    """Normalised FROC area of weighted case sets, one per row of ``weights``.
+
+    Row ``r`` stands for the study in which case ``c`` occurs ``weights[r, c]`` times:
+    its detections, hits, truth lesions and image all count that often. With bootstrap
+    multiplicities (:func:`case_multiplicities`) each row is the area of one resample,
+    equal to ``froc_auc(froc_curve(...))`` on the resampled cases; a row of ones is the
+    area of the study itself.
+
+    Parameters
+    ----------
+    scores, hits, n_truth
+        As for :func:`froc_curve`.
+    weights : (R, C) array
+        Non-negative multiplicity of each of the ``C`` cases in each of ``R`` rows; a
+        row must weigh some case.
+    max_fp, interpolation
+        As for :func:`froc_auc`.
+    by_rank : bool
+        Sweep the number of top-ranked detections per image (:func:`froc_by_rank`).
+
+    Returns
+    -------
+    (R,) float ndarray
+        The area of each row.
+
+    Notes
+    -----
+    The detections are sorted once; the curves of a block of rows come from one
+    weighted cumulative sum, with blocks small enough to bound the memory.
+
+    Examples
+    --------
+    The two images of :func:`froc_curve`'s example, then the second one counted twice
+    (a resample that drew it twice): sensitivity 1/2, then 1/3, up to 1 FP per image.
+
+    >>> scores, hits = [[0.9, 0.6], [0.8, 0.6]], [[True, False], [False, True]]
+    >>> froc_auc_weighted(scores, hits, [1, 1], [[1, 1], [1, 2]], max_fp=1.0)
+    array([0.5       , 0.33333333])
+    """
+    _check_froc_options(max_fp, interpolation)
+    values, marks, cases, counts = _case_arrays(scores, hits, n_truth)
+    rows = np.asarray(_values(weights), dtype=float)
+    if rows.ndim != 2 or rows.shape[1] != len(counts):
+        raise ValueError(
+            f"weights: has shape {rows.shape}; expected (rows, {len(counts)}), one column per case"
+        )
+    check_finite(rows, "weights")
+    if np.any(rows < 0) or np.any(rows.sum(axis=1) <= 0):
+        raise ValueError("weights: expected multiplicities >= 0 with some case in every row")
     keys = _ranks(values, cases) if by_rank else -values
-
-    def areas(weights: np.ndarray) -> np.ndarray:
-        fp, sensitivity, _ = _operating_points(keys, marks, cases, counts, weights)
-        return _froc_area(fp, sensitivity, max_fp, interpolation)
-
-    estimate = areas(np.ones((1, len(counts))))[0]
     block = max(1, _BLOCK_ENTRIES // max(len(values), len(counts), 1))
-    replicates = []
-    for start in range(0, len(indices), block):
-        rows = indices[start : start + block]
-        flat = (rows + len(counts) * np.arange(len(rows))[:, None]).ravel()
-        weights = np.bincount(flat, minlength=rows.size).reshape(rows.shape)
-        replicates.append(areas(weights.astype(float)))
-    return _percentile_interval(estimate, np.concatenate(replicates), confidence)
+    areas = []
+    for start in range(0, len(rows), block):
+        fp, sensitivity, _ = _operating_points(
+            keys, marks, cases, counts, rows[start : start + block]
+        )
+        areas.append(_froc_area(fp, sensitivity, max_fp, interpolation))
+    return np.concatenate(areas) if areas else np.zeros(0)
 
 
 # ------------------------------------------------------------------------ calibration
@@ -1604,7 +1698,10 @@ def evaluate_detections(
         ``threshold``), ``recall_by_size`` (when sizes are given), ``froc`` (curve),
         ``fauc`` (estimate and bootstrap interval), ``calibration`` (ECE, MCE and the
         bins, outcome = the detection is matched when all detections are kept) and
-        ``cases`` (per-case TP, FP, FN at ``threshold``).
+        ``cases``: per case, TP, FP and FN at ``threshold``, the number of truth
+        lesions, and every detection's score with its :func:`hits_by_score` mark, so
+        that per-case statistics (paired tests, the FROC of any subset of cases) can be
+        recomputed from the report alone.
 
     Examples
     --------
@@ -1612,7 +1709,7 @@ def evaluate_detections(
     ...     {"a": ([[1.0, 1.0], [8.0, 8.0]], [0.9, 0.2])}, {"a": [[1.0, 2.0]]}, 2.0
     ... )
     >>> report["detection"]["f1"], report["cases"]["a"]
-    (1.0, {'tp': 1, 'fp': 0, 'fn': 0})
+    (1.0, {'tp': 1, 'fp': 0, 'fn': 0, 'n_truth': 1, 'scores': [0.9, 0.2], 'hits': [True, False]})
     """
     extra = sorted(set(predictions) - set(truth))
     if extra:
@@ -1633,9 +1730,17 @@ def evaluate_detections(
         kept = scores >= threshold
         matches = match_points(points[kept], truth_points, max_distance, case_spacing)
         kept_matches.append(matches)
-        per_case[case] = {"tp": matches.tp, "fp": matches.fp, "fn": matches.fn}
+        hits = hits_by_score(points, scores, truth_points, max_distance, case_spacing)
+        per_case[case] = {
+            "tp": matches.tp,
+            "fp": matches.fp,
+            "fn": matches.fn,
+            "n_truth": len(truth_points),
+            "scores": scores,
+            "hits": hits,
+        }
         all_scores.append(scores)
-        all_hits.append(hits_by_score(points, scores, truth_points, max_distance, case_spacing))
+        all_hits.append(hits)
         n_truth.append(len(truth_points))
         everything = match_points(points, truth_points, max_distance, case_spacing)
         outcomes.append(everything.pred_matched)
