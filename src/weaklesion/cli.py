@@ -58,8 +58,10 @@ def _parse_floats(text: str | None, name: str) -> tuple[float, ...] | None:
 
 
 def _case_name(path: Path) -> str:
-    """Case name of a map file: its name less the suffix and the ``_<kind>`` that
-    ``weaklesion predict`` appends (``case_001_heatmap.nii.gz`` is case ``case_001``)."""
+    """Case name of a map file: its name less the suffix and the ``_<kind>`` (or
+    ``_<attention method>``) that ``weaklesion predict`` appends (``case_001_heatmap.nii.gz``
+    and ``case_001_gradcam.nii.gz`` are case ``case_001``)."""
+    from weaklesion.attention import METHODS
     from weaklesion.training.config import TARGETS
 
     name = path.name
@@ -67,7 +69,7 @@ def _case_name(path: Path) -> str:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
             break
-    for kind in TARGETS:
+    for kind in (*TARGETS, *METHODS):
         if name.endswith(f"_{kind}"):
             return name[: -len(kind) - 1]
     return name
@@ -106,6 +108,29 @@ def _read_map(path: Path, channel: int | None) -> tuple[np.ndarray, np.ndarray]:
     elif channel not in (None, 0):
         raise ValueError(f"{path}: has one channel; --channel {channel} does not exist")
     return np.asarray(values, dtype=np.float64), affine
+
+
+def _predicted_counts(path: Path, cases: list[str]) -> dict[str, float]:
+    """The predicted count of each case from the ``predictions.json`` of ``predict``."""
+    import json
+
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8")).get("cases")
+    except (json.JSONDecodeError, AttributeError):
+        entries = None
+    if not isinstance(entries, dict):
+        raise ValueError(f"{path}: expected the predictions.json of `weaklesion predict`")
+    counts = {}
+    for case in cases:
+        entry = entries.get(case)
+        count = entry.get("count") if isinstance(entry, dict) else None
+        if not isinstance(count, int | float) or isinstance(count, bool):
+            raise ValueError(
+                f"{path}: case {case!r} has no predicted count; expected one for every map "
+                "(a presence classifier predicts none)"
+            )
+        counts[case] = float(count)
+    return counts
 
 
 @app.command()
@@ -283,6 +308,13 @@ def predict(
     overlap: Annotated[float, typer.Option(help="Overlap of sliding windows.")] = 0.25,
     mc_samples: Annotated[int, typer.Option(help="MC-dropout samples (0: none).")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    attention: Annotated[
+        str | None,
+        typer.Option(
+            help="Count runs: write this attention map, cam | gradcam | grad | guided | "
+            "intensity, as CASE_<method> (default: the signed CAM as CASE_count)."
+        ),
+    ] = None,
 ) -> None:
     """Predict maps (heatmap, probabilities or attention) with the input's affine.
 
@@ -301,6 +333,7 @@ def predict(
         mc_samples=mc_samples,
         device=device,
         progress=sys.stderr.isatty(),
+        attention=attention,
     )
     typer.echo(f"wrote {len(written)} file(s) to {out}")
 
@@ -321,11 +354,21 @@ def detect(
     stop: Annotated[float, typer.Option(help="Stop level of the Gaussian fitting.")] = 0.01,
     size: Annotated[int, typer.Option(help="Non-maximum suppression size (peaks).")] = 6,
     top_n: Annotated[int | None, typer.Option(help="Keep the n best peaks.")] = None,
+    top_n_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="predictions.json of `weaklesion predict`: keep the round(count) best "
+            "peaks of each case."
+        ),
+    ] = None,
     channel: Annotated[int | None, typer.Option(help="Channel of a multi-channel map.")] = None,
 ) -> None:
     """Detect lesions in predicted maps and write them with voxel and world coordinates.
 
     Example: weaklesion detect predictions/*_heatmap.nii.gz --sigma 1.5 --out lesions.csv
+
+    Example: weaklesion detect maps/*_gradcam.nii.gz --method peaks --top-n-from
+    maps/predictions.json --out lesions.csv
     """
     from weaklesion.detection import (
         Detections,
@@ -340,7 +383,10 @@ def detect(
         raise ValueError(f"--method: got {method!r}; expected gaussians, components or peaks")
     if out.suffix not in (".csv", ".json"):
         raise ValueError(f"--out: {out} has suffix {out.suffix!r}; expected .csv or .json")
+    if top_n_from is not None and (method != "peaks" or top_n is not None):
+        raise ValueError("--top-n-from: needs --method peaks and no --top-n")
     arrays = {_case_name(path): _read_map(path, channel) for path in maps}
+    counts = None if top_n_from is None else _predicted_counts(top_n_from, list(arrays))
     found: dict[str, Detections] = {}
     for case, (values, affine) in arrays.items():
         if method == "gaussians":
@@ -348,6 +394,10 @@ def detect(
             lesions = fit_gaussians(values, sigma, spacing=spacing, stop=stop)
         elif method == "components":
             lesions = component_detections(values, 0.5 if threshold is None else threshold)
+        elif counts is not None:
+            from weaklesion.attention import detect_by_count
+
+            lesions = detect_by_count(values, counts[case], size=size)
         else:
             lesions = peak_detections(values, size=size, threshold=threshold, top_n=top_n)
         found[case] = lesions if threshold is None else lesions.above(threshold)
