@@ -20,8 +20,9 @@ euclidean, geodesic    detection F1 (max) of connected components, the threshold
                        on the validation cases
 segmentation (masks)   lesion F1 (max): components of the probability map at 0.5 hit a
                        true lesion; Dice
-segmentation           count NLL (min) of the Poisson-binomial count distribution;
-(masks+counts)         count accuracy, Dice
+segmentation           count NLL (min) of the Poisson-binomial count distribution, or
+(masks+counts)         of the count head's, over the bins 0 .. max_count (the last
+                       "or more"); count accuracy, Dice
 count                  count MAE (min) of the GP-Unet count; count accuracy
 =====================  ===============================================================
 
@@ -242,11 +243,14 @@ def _segmentation_metrics(predictions, cases, config: TrainConfig) -> dict[str, 
         overlap, size = _dice(prediction.map, case.instances > 0)
         intersection, total = intersection + overlap, total + size
         if config.labels == "masks+counts":
-            from weaklesion.counting import count_distribution
+            from weaklesion.inference import predicted_count_distribution
 
-            pmf = np.asarray(count_distribution(prediction.map).pmf, dtype=float)
-            truth = int(case.count)
-            probability = pmf[truth] if truth < len(pmf) else 0.0
+            # Bins 0 .. max_count, the last "or more", as in training: a count head's
+            # pmf and the Poisson-binomial one are scored alike.
+            distribution = predicted_count_distribution(prediction, config.max_count)
+            pmf = np.asarray(distribution.pmf, dtype=float)
+            truth = min(int(case.count), len(pmf) - 1)
+            probability = pmf[truth]
             nll.append(-math.log(max(probability, 1e-12)))
             correct.append(int(np.argmax(pmf)) == truth)
         else:
