@@ -151,3 +151,36 @@ def plot_slices(
     if title:
         figure.suptitle(title + "  (green: truth, red: detections)", fontsize="small")
     return _save(figure, path)
+
+
+def plot_curve(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: str | os.PathLike,
+    xlabel: str,
+    ylabel: str = "",
+    title: str = "",
+    markers: Mapping[str, float] | None = None,
+) -> Path:
+    """Plot curves of y against x, with labelled vertical markers at chosen x values.
+
+    Parameters
+    ----------
+    curves : mapping of label to (x (K,), y (K,))
+        One line per label; NaN values leave gaps.
+    path : path
+        PNG file to write.
+    xlabel, ylabel, title : str
+        Axis labels and figure title.
+    markers : mapping of label to float, optional
+        Dashed vertical lines, e.g. a tuned and a default threshold.
+    """
+    figure, axes = plt.subplots(figsize=(5, 3.5))
+    for label, (x, y) in curves.items():
+        axes.plot(np.asarray(x, dtype=float), np.asarray(y, dtype=float), label=label)
+    styles = ("--", ":", "-.")
+    for index, (label, x) in enumerate((markers or {}).items()):
+        axes.axvline(x, color="grey", linestyle=styles[index % len(styles)], label=label)
+    axes.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="best", fontsize="small")
+    return _save(figure, path)
