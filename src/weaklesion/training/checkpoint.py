@@ -156,14 +156,23 @@ def load_run(
     info : dict
         Run information: ``"in_channels"``, ``"heatmap_scale"`` (predictions of a
         heatmap model are divided by it to get mass-1 maps), ``"threshold"`` (the
-        detection threshold tuned on validation data, if any), ``"metric"``,
-        ``"epoch"``, ``"channels"``, ``"spacing"``, ``"kind"``.
+        detection threshold tuned on validation data, if any: by ``weaklesion tune``
+        when ``RUN/operating_point.json`` was tuned for this checkpoint, else by the
+        training loop), ``"operating_point"`` (that file's record, when it applies),
+        ``"metric"``, ``"epoch"``, ``"channels"``, ``"spacing"``, ``"kind"``.
     """
     run_dir = Path(run_dir)
     path = run_dir / f"{which}.pt" if which in ("best", "last") else Path(which)
     state = load_checkpoint(path, device)
     config = config_from_dict(state["config"])
     info = dict(state["info"], epoch=state["epoch"])
+    from weaklesion.tuning import read_operating_point
+
+    tuned = read_operating_point(run_dir, path)
+    if tuned is not None:
+        info["operating_point"] = tuned
+        if tuned["parameter"] == "threshold":
+            info["threshold"] = float(tuned["value"])
     model = build_model_for(config, int(info["in_channels"]))
     model.load_state_dict(state["model"])
     return model.to(device).eval(), config, info
