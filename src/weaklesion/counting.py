@@ -16,7 +16,11 @@ hoc on any model's output, including probability maps made by other tools.
 - :func:`candidate_regions` -- regions, their existence probabilities, sizes, arg-maxima;
 - :func:`count_distribution` -- pmf, mean, mode, variance, entropy, credible interval;
 - :func:`count_statistics` -- the same statistics from any pmf (e.g. MC dropout);
-- :func:`count_nll` and :class:`CountLoss` -- negative log-likelihood of count labels.
+- :func:`count_nll` and :class:`CountLoss` -- negative log-likelihood of count labels;
+  :func:`existence_probabilities` -- the differentiable region maxima they score;
+- :func:`component_count`, :func:`mc_dropout_count_distribution` and
+  :func:`sample_count_distribution` -- post-hoc baselines: the connected-component
+  count at a threshold, and the histogram of counts over MC-dropout samples.
 """
 
 from __future__ import annotations
@@ -36,10 +40,14 @@ __all__ = [
     "CountDistribution",
     "CountLoss",
     "candidate_regions",
+    "component_count",
     "count_distribution",
     "count_nll",
     "count_statistics",
+    "existence_probabilities",
+    "mc_dropout_count_distribution",
     "poisson_binomial_pmf",
+    "sample_count_distribution",
 ]
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -569,6 +577,48 @@ def _check_reduction(reduction: str) -> None:
         raise ValueError(f"reduction: got {reduction!r}; expected one of {_REDUCTIONS}")
 
 
+def existence_probabilities(
+    prob_maps: torch.Tensor,
+    threshold: float = 0.1,
+    connectivity: int | None = None,
+    min_size: int = 1,
+) -> torch.Tensor:
+    """Differentiable existence probabilities of the candidate regions of a batch of maps.
+
+    Parameters
+    ----------
+    prob_maps : (N, Y, X) or (N, Z, Y, X) float tensor
+        Voxel probabilities in [0, 1], one map per row.
+    threshold, connectivity, min_size
+        As in :func:`candidate_regions`.
+
+    Returns
+    -------
+    existence : (N, K) float tensor
+        Each region's largest voxel probability, gathered from ``prob_maps`` (so the
+        gradient reaches the arg-max voxels only), padded with 0 where a map has fewer
+        than ``K``, the most regions of any map: ready for :func:`count_nll` or
+        :func:`poisson_binomial_pmf`.
+
+    Examples
+    --------
+    >>> prob_maps = torch.zeros(2, 6, 6)
+    >>> prob_maps[0, 1, 1], prob_maps[0, 4, 4], prob_maps[1, 2, 2] = 0.9, 0.5, 0.2
+    >>> existence_probabilities(prob_maps)
+    tensor([[0.9000, 0.5000],
+            [0.2000, 0.0000]])
+    """
+    check_spatial(prob_maps, "prob_maps", dims=(3, 4))
+    connectivity = _check_region_options(prob_maps.ndim - 1, threshold, connectivity, min_size)
+    values = _numpy_values(prob_maps)
+    check_probabilities(values, "prob_maps")
+    index, valid = _region_peaks(values, threshold, connectivity, min_size)
+    flat = prob_maps.reshape(len(prob_maps), math.prod(prob_maps.shape[1:]))
+    index = torch.from_numpy(index).to(flat.device)
+    valid = torch.from_numpy(valid).to(flat.device)
+    return torch.where(valid, flat.gather(1, index), 0.0)
+
+
 def count_nll(
     probabilities: ArrayLike,
     counts: ArrayLike,
@@ -690,11 +740,210 @@ class CountLoss(torch.nn.Module):
                 f"prob_maps: has shape {tuple(prob_maps.shape)}; expected (N, *spatial) or "
                 f"(N, 1, *spatial) with {self.spatial_dims} spatial axes"
             )
-        values = _numpy_values(prob_maps)
-        check_probabilities(values, "prob_maps")
-        index, valid = _region_peaks(values, self.threshold, self.connectivity, self.min_size)
-        flat = prob_maps.reshape(len(prob_maps), -1)
-        index = torch.from_numpy(index).to(flat.device)
-        valid = torch.from_numpy(valid).to(flat.device)
-        existence = torch.where(valid, flat.gather(1, index), 0.0)
+        existence = existence_probabilities(
+            prob_maps, self.threshold, self.connectivity, self.min_size
+        )
         return count_nll(existence, counts, self.max_count, self.reduction)
+
+
+# ----------------------------------------------------------------------------------
+# Post-hoc count baselines
+# ----------------------------------------------------------------------------------
+
+
+def sample_count_distribution(
+    counts: ArrayLike, max_count: int | None = None, credible: float = 0.95
+) -> CountDistribution:
+    """Empirical distribution of sampled counts: their histogram divided by its total.
+
+    Parameters
+    ----------
+    counts : (S,) or (N, S) array, tensor or sequence
+        Non-negative integer counts, ``S`` samples (of each of ``N`` images).
+    max_count : int, optional
+        Bins ``0 .. max_count``, the last one "``max_count`` or more"; by default up to
+        the largest count.
+    credible : float
+        Mass of the credible interval, in (0, 1].
+
+    Returns
+    -------
+    CountDistribution
+        ``pmf[..., k]`` is the fraction of samples with count ``k``; see
+        :func:`count_statistics`.
+
+    Examples
+    --------
+    >>> sample_count_distribution([2, 0, 2, 1]).pmf
+    array([0.25, 0.25, 0.5 ])
+    >>> sample_count_distribution([[0, 0], [1, 3]], max_count=2).pmf
+    array([[1. , 0. , 0. ],
+           [0. , 0.5, 0.5]])
+    """
+    _check_max_count(max_count)
+    values = _numpy_values(counts) if isinstance(counts, torch.Tensor) else np.asarray(counts)
+    if values.ndim not in (1, 2) or values.shape[-1] == 0:
+        raise ValueError(f"counts: has shape {values.shape}; expected (S,) or (N, S), S >= 1")
+    samples = _check_counts(values.reshape(-1), values.size, torch.device("cpu")).numpy()
+    last = int(samples.max()) if max_count is None else int(max_count)
+    samples = np.minimum(samples, last).reshape(values.shape)
+    rows = np.atleast_2d(samples)
+    pmf = np.zeros((len(rows), last + 1))
+    np.add.at(pmf, (np.arange(len(rows))[:, None], rows), 1.0)
+    pmf /= rows.shape[1]
+    return count_statistics(pmf if values.ndim == 2 else pmf[0], credible)
+
+
+def _component_number(
+    values: np.ndarray, threshold: float, connectivity: int, min_size: int
+) -> int:
+    """Number of connected components of ``values > threshold`` with ``min_size`` voxels."""
+    foreground = values > threshold
+    labels, count = cc3d.connected_components(foreground, connectivity=connectivity, return_N=True)
+    if min_size == 1:
+        return int(count)
+    sizes = np.bincount(labels.reshape(-1), minlength=count + 1)[1:]
+    return int(np.count_nonzero(sizes >= min_size))
+
+
+def component_count(
+    prob_map: ArrayLike,
+    threshold: float = 0.5,
+    connectivity: int | None = None,
+    min_size: int = 1,
+    max_count: int | None = None,
+    batch: bool = False,
+    credible: float = 0.95,
+) -> CountDistribution:
+    """The connected-component count of a map at a threshold, as a (certain) distribution.
+
+    The classic baseline: binarise the map and count its connected components. The
+    result is a point mass, so it can be scored and reported like any count distribution.
+
+    Parameters
+    ----------
+    prob_map : array or tensor
+        ``(Y, X)`` or ``(Z, Y, X)`` probabilities in [0, 1]; with ``batch=True``, ``(N, Y,
+        X)`` or ``(N, Z, Y, X)``.
+    threshold : float
+        A voxel is foreground if its probability is strictly above ``threshold``.
+    connectivity : int, optional
+        4 or 8 in 2D, 6, 18 or 26 in 3D; default 8 in 2D and 26 in 3D.
+    min_size : int
+        Components with fewer voxels are not counted.
+    max_count : int, optional
+        Bins ``0 .. max_count``, the last one "``max_count`` or more".
+    batch : bool
+        Whether the first axis of ``prob_map`` indexes maps.
+    credible : float
+        Mass of the credible interval, in (0, 1].
+
+    Returns
+    -------
+    CountDistribution
+        ``pmf`` is 1 at the number of components (``mode`` and ``mean``), 0 elsewhere;
+        ``(count + 1,)`` bins for one map, ``(N, largest count + 1)`` for a batch.
+
+    Examples
+    --------
+    >>> prob_map = np.zeros((5, 5))
+    >>> prob_map[1, 1], prob_map[3, 3], prob_map[3, 1] = 0.9, 0.6, 0.3
+    >>> result = component_count(prob_map)
+    >>> result.mode, result.pmf
+    (2, array([0., 0., 1.]))
+    >>> component_count(prob_map, threshold=0.2).mode
+    3
+    >>> component_count(np.stack([prob_map, np.zeros((5, 5))]), batch=True).mode
+    array([2, 0])
+    """
+    if not isinstance(prob_map, torch.Tensor):
+        prob_map = np.asarray(prob_map)
+    check_spatial(prob_map, "prob_map", dims=(3, 4) if batch else (2, 3))
+    spatial_dims = prob_map.ndim - 1 if batch else prob_map.ndim
+    connectivity = _check_region_options(spatial_dims, threshold, connectivity, min_size)
+    values = _numpy_values(prob_map)
+    check_probabilities(values, "prob_map")
+    maps = values if batch else values[None]
+    if len(maps) == 0:
+        bins = 1 if max_count is None else max_count + 1
+        return count_statistics(np.zeros((0, bins)), credible)
+    counts = [_component_number(v, threshold, connectivity, min_size) for v in maps]
+    counts = np.asarray(counts, dtype=np.int64)[:, None]
+    return sample_count_distribution(counts if batch else counts[0], max_count, credible)
+
+
+def mc_dropout_count_distribution(
+    model: torch.nn.Module,
+    image: ArrayLike,
+    samples: int,
+    per_sample: str = "components",
+    threshold: float | None = None,
+    connectivity: int | None = None,
+    min_size: int = 1,
+    max_count: int | None = None,
+    seed: int = 0,
+    credible: float = 0.95,
+    device: str | torch.device | None = None,
+) -> CountDistribution:
+    """Empirical count distribution over Monte-Carlo dropout samples of a segmentation.
+
+    Each of ``samples`` forward passes with dropout on gives a probability map
+    (:func:`weaklesion.inference.predict_image` with ``mc_samples``); each map is counted
+    and the counts' histogram is the distribution.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A segmentation network with dropout, whose output (or first output) is logits.
+    image : (C, Y, X) or (C, Z, Y, X) array or tensor
+        One normalised image.
+    samples : int
+        Number of MC-dropout passes, at least 1.
+    per_sample : {"components", "mode"}
+        How one sample map is counted: ``"components"``, its connected components above
+        ``threshold`` (default 0.5; :func:`component_count`); ``"mode"``, the most
+        probable count of its Poisson-binomial distribution, regions above ``threshold``
+        (default 0.1; :func:`count_distribution`).
+    threshold : float, optional
+        Binarisation threshold; None for the default of ``per_sample``.
+    connectivity, min_size
+        As in :func:`candidate_regions`.
+    max_count : int, optional
+        Bins ``0 .. max_count``, the last one "``max_count`` or more".
+    seed : int
+        Seed of the dropout masks (the global random state is left untouched).
+    credible : float
+        Mass of the credible interval, in (0, 1].
+    device : str, torch.device or None
+        Where to run; None uses the device of the model's parameters.
+
+    Returns
+    -------
+    CountDistribution
+        ``pmf[k]`` is the fraction of samples counted ``k`` (:func:`sample_count_distribution`).
+
+    Raises
+    ------
+    ValueError
+        If the model has no dropout layer, or for a bad option.
+    """
+    from weaklesion.inference import predict_image
+
+    if per_sample not in ("components", "mode"):
+        raise ValueError(f"per_sample: got {per_sample!r}; expected 'components' or 'mode'")
+    if isinstance(samples, bool) or not isinstance(samples, int | np.integer) or samples < 1:
+        raise ValueError(f"samples: got {samples!r}; expected a positive integer")
+    if threshold is None:
+        threshold = 0.5 if per_sample == "components" else 0.1
+    prediction = predict_image(
+        model, image, "segmentation", mc_samples=int(samples), seed=seed, device=device
+    )
+    maps = prediction.samples
+    if per_sample == "components":
+        counts = component_count(maps, threshold, connectivity, min_size, batch=True).mode
+    else:
+        distribution = count_distribution(
+            maps, threshold, connectivity, min_size, max_count=max_count, batch=True
+        )
+        counts = distribution.mode
+    return sample_count_distribution(np.asarray(counts), max_count, credible)
