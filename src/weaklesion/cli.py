@@ -133,6 +133,18 @@ def _predicted_counts(path: Path, cases: list[str]) -> dict[str, float]:
     return counts
 
 
+def _stored_setting(run: Path | None, parameter: str) -> tuple[float | None, str]:
+    """A run's stored ``parameter`` (tuned, else from training) and where it came from."""
+    if run is None:
+        return None, "none"
+    from weaklesion.tuning import stored_setting
+
+    setting = stored_setting(run)
+    if setting is None or setting.parameter != parameter:
+        return None, "none"
+    return setting.value, f"{setting.source} ({run})"
+
+
 @app.command()
 @_refuse_bad_input
 def demo(
@@ -362,8 +374,18 @@ def detect(
         ),
     ] = None,
     channel: Annotated[int | None, typer.Option(help="Channel of a multi-channel map.")] = None,
+    run: Annotated[
+        Path | None,
+        typer.Option(
+            help="Run folder: its tuned threshold (or count offset with --top-n-from) is "
+            "the default."
+        ),
+    ] = None,
 ) -> None:
     """Detect lesions in predicted maps and write them with voxel and world coordinates.
+
+    With --run and no --threshold, the threshold stored in the run is used: the one
+    `weaklesion tune` chose, else the one training chose on its validation cases.
 
     Example: weaklesion detect predictions/*_heatmap.nii.gz --sigma 1.5 --out lesions.csv
 
@@ -385,8 +407,17 @@ def detect(
         raise ValueError(f"--out: {out} has suffix {out.suffix!r}; expected .csv or .json")
     if top_n_from is not None and (method != "peaks" or top_n is not None):
         raise ValueError("--top-n-from: needs --method peaks and no --top-n")
+    if threshold is None:
+        threshold, source = _stored_setting(run, "threshold")
+        if threshold is not None:
+            typer.echo(f"threshold {threshold:g} from the run: {source}")
+    offset, _ = _stored_setting(run if top_n_from is not None else None, "count_offset")
     arrays = {_case_name(path): _read_map(path, channel) for path in maps}
     counts = None if top_n_from is None else _predicted_counts(top_n_from, list(arrays))
+    if counts is not None and offset is not None:
+        # detect_by_count keeps floor(count + 0.5) peaks; the tuned offset b keeps
+        # floor(count + b).
+        counts = {case: value + offset - 0.5 for case, value in counts.items()}
     found: dict[str, Detections] = {}
     for case, (values, affine) in arrays.items():
         if method == "gaussians":
@@ -465,27 +496,74 @@ def evaluate(
     out: Annotated[Path | None, typer.Option(help="JSON file for the report.")] = None,
     max_distance: Annotated[float, typer.Option(help="Largest match distance.")] = 3.0,
     mm: Annotated[bool, typer.Option("--mm", help="max-distance in mm (voxel size).")] = False,
-    threshold: Annotated[float, typer.Option(help="Score threshold for F1.")] = 0.5,
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="Score threshold for F1 [default: the run's with --run, else 0.5]."),
+    ] = None,
+    run: Annotated[
+        Path | None, typer.Option(help="Run folder whose stored threshold is the default.")
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="Score every case of this split of --truth (a case without detections "
+            "counts as all missed); default: the cases in the detections file."
+        ),
+    ] = None,
+    counts: Annotated[
+        Path | None,
+        typer.Option(help="predictions.json of `weaklesion predict`: score its counts."),
+    ] = None,
 ) -> None:
     """Score detections against the truth points: F1, size strata, FROC, calibration.
 
-    Example: weaklesion evaluate lesions.csv --truth data/phantom --out metrics.json
+    The report holds per-case results for `weaklesion compare`, the predicted and true
+    count of each case (the detections kept, or --counts), and the settings, run and data
+    it was computed with.
+
+    Example: weaklesion evaluate lesions.csv --truth data/phantom --split test
+    --run runs/heatmap --out metrics.json
     """
+    from weaklesion.compare import count_section
+    from weaklesion.data import load_dataset
     from weaklesion.data.truth import lesion_truth
     from weaklesion.detection import read_detections_csv
     from weaklesion.metrics import evaluate_detections
 
+    source = "option"
+    if threshold is None:
+        threshold, source = _stored_setting(run, "threshold")
+        threshold, source = (0.5, "default") if threshold is None else (threshold, source)
     found = read_detections_csv(detections)
-    points, sizes, spacings = lesion_truth(truth, cases=list(found))
+    if split is None:
+        cases = list(found)
+    else:
+        cases = [case.id for case in load_dataset(truth).split_cases(split)]
+    points, sizes, spacings = lesion_truth(truth, cases=cases)
     report = evaluate_detections(
-        {case: (lesions.points, lesions.scores) for case, lesions in found.items()},
+        {case: (found[case].points, found[case].scores) for case in cases if case in found},
         points,
         max_distance,
         threshold=threshold,
         spacing=spacings if mm else None,
         truth_sizes=sizes,
     )
-    report["settings"].update({"detections": str(detections), "truth": str(truth)})
+    per_case = report["cases"]
+    if counts is None:
+        predicted = {case: per_case[case]["tp"] + per_case[case]["fp"] for case in cases}
+    else:
+        predicted = _predicted_counts(counts, cases)
+    report["counts"] = count_section(predicted, {case: len(points[case]) for case in cases})
+    report["settings"].update(
+        {
+            "detections": str(detections),
+            "truth": str(truth),
+            "split": split,
+            "threshold_source": source,
+            "run": None if run is None else str(run),
+            "counts": "detections kept" if counts is None else str(counts),
+        }
+    )
     scores = report["detection"]
     typer.echo(
         f"{scores['n_cases']} case(s): F1 {scores['f1']:.3f}, precision "
@@ -494,6 +572,101 @@ def evaluate(
     )
     if out is not None:
         write_json(out, report)
+
+
+@app.command()
+@_refuse_bad_input
+def tune(
+    run: Annotated[Path, typer.Option(help="Run folder of a trained model.")],
+    data: Annotated[Path, typer.Option(help="Dataset folder or datalist to tune on.")],
+    metric: Annotated[
+        str,
+        typer.Option(help="f1 | recall@fp<=X | precision@recall>=X | count_accuracy | count_mae."),
+    ] = "f1",
+    split: Annotated[str, typer.Option(help="Split of --data to tune on.")] = "validation",
+    max_distance: Annotated[
+        float | None, typer.Option(help="Largest match distance [default: the run's].")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+) -> None:
+    """Choose the detector's operating point on validation cases and store it in the run.
+
+    Sweeps the run's detector setting (existence threshold, component threshold, or
+    count offset), keeps the best by --metric (ties: the most conservative), and writes
+    RUN/operating_point.json and RUN/report/operating_point.png. load_run, `detect --run`
+    and `evaluate --run` then use it by default.
+
+    Example: weaklesion tune --run runs/heatmap --data data/phantom --metric f1
+    """
+    from weaklesion.training.distributed import device_for
+    from weaklesion.tuning import FIGURE_FILE, OPERATING_POINT_FILE, tune_operating_point
+
+    record = tune_operating_point(
+        run,
+        data,
+        metric,
+        split,
+        max_distance=max_distance,
+        device=device_for(device),
+        progress=sys.stderr.isatty(),
+    )
+
+    def number(value) -> str:
+        return "—" if value is None else f"{value:.3f}"
+
+    typer.echo(
+        f"{record['parameter'].replace('_', ' ')} {record['value']:g}: {metric} "
+        f"{number(record['metric_value'])} on {len(record['data']['cases'])} {split} case(s) "
+        f"(default {record['default']:g}: {number(record['default_metric_value'])})"
+    )
+    typer.echo(f"wrote {run / OPERATING_POINT_FILE} and {run / FIGURE_FILE}")
+
+
+@app.command()
+@_refuse_bad_input
+def compare(
+    results: Annotated[
+        list[Path], typer.Argument(help="Result files of `evaluate --out`, two or more.")
+    ],
+    out: Annotated[Path | None, typer.Option(help="Write the table (.json or .md).")] = None,
+    all_pairs: Annotated[
+        bool, typer.Option("--all-pairs", help="Compare every pair, not each with the first.")
+    ] = False,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed of the resampling.")] = 0,
+    max_fp: Annotated[
+        float | None, typer.Option(help="FAUC limit, FPs per image [default: the first's].")
+    ] = None,
+) -> None:
+    """Paired comparison of methods evaluated on the same test cases.
+
+    Each result is compared with the first (B − A): F1, FAUC and count accuracy with a
+    95 % paired-bootstrap interval and p-value (cases resampled together for both), and
+    Wilcoxon signed-rank p-values for false positives, false negatives and sensitivity
+    per image. Results computed on different cases or truth are refused.
+
+    Example: weaklesion compare baseline.json heatmap.json --out comparison.md
+    """
+    from weaklesion.compare import compare_results, comparison_table, read_result
+    from weaklesion.io import atomic_write
+
+    if out is not None and out.suffix not in (".json", ".md"):
+        raise ValueError(f"--out: {out} has suffix {out.suffix!r}; expected .json or .md")
+    reports = {str(path): read_result(path) for path in results}
+    if len(reports) < 2:
+        raise ValueError(f"RESULTS: got {len(reports)} distinct file(s); expected two or more")
+    pairs = "all" if all_pairs else "first"
+    rows = compare_results(reports, pairs=pairs, n_boot=n_boot, seed=seed, max_fp=max_fp)
+    table = comparison_table(rows)
+    typer.echo(table)
+    if out is None:
+        return
+    if out.suffix == ".json":
+        settings = {"n_boot": n_boot, "seed": seed, "pairs": pairs, "max_fp": max_fp}
+        write_json(out, {"results": list(reports), "settings": settings, "rows": rows})
+    else:
+        with atomic_write(out, "w", encoding="utf-8") as handle:
+            handle.write(table + "\n")
 
 
 def main() -> None:
