@@ -23,7 +23,10 @@ segmentation (masks)   lesion F1 (max): components of the probability map at 0.5
 segmentation           count NLL (min) of the Poisson-binomial count distribution, or
 (masks+counts)         of the count head's, over the bins 0 .. max_count (the last
                        "or more"); count accuracy, Dice
-count                  count MAE (min) of the GP-Unet count; count accuracy
+count                  count MAE (min) of the GP-Unet count, negative counts taken as
+                       0; count accuracy
+count (classification) presence NLL (min): the BCE of the output as the logit of
+                       count > 0; presence accuracy
 =====================  ===============================================================
 
 A detection matches a true lesion within ``config.match_distance`` (in mm with
@@ -136,6 +139,8 @@ class TrainResult:
 
 def _metric_name(config: TrainConfig) -> tuple[str, str]:
     """Name and direction ("max" or "min") of the metric that picks the best epoch."""
+    if config.target == "count" and config.count_objective == "classification":
+        return "presence_nll", "min"
     if config.target == "count":
         return "count_mae", "min"
     if config.labels == "masks+counts":
@@ -195,10 +200,17 @@ def validate(
         predict_image(model, case.image, config.target, config.patch_size, scale=scale)
         for case in cases
     ]
+    if config.target == "count" and config.count_objective == "classification":
+        logits = torch.tensor([p.count for p in predictions], dtype=torch.float64)
+        present = torch.tensor([case.count > 0 for case in cases], dtype=torch.float64)
+        nll = torch.nn.functional.binary_cross_entropy_with_logits(logits, present)
+        accuracy = ((logits > 0) == (present > 0)).double().mean()
+        return {"presence_nll": nll.item(), "presence_accuracy": accuracy.item()}
     if config.target == "count":
         from weaklesion.metrics import count_accuracy, count_mae
 
-        predicted = [p.count for p in predictions]
+        # An untrained network can predict negative counts; none is the nearest count.
+        predicted = [max(p.count, 0.0) for p in predictions]
         truth = [case.count for case in cases]
         return {
             "count_mae": count_mae(predicted, truth),
