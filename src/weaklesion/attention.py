@@ -12,11 +12,19 @@ method         map of image n
                weights, plus its bias (``model.attention_map``); its mean is the output
 ``gradcam``    Grad-CAM (Selvaraju et al., 2017): ``ReLU(Σ_k α_k A_k)`` for the feature
                maps ``A`` of the last convolution, ``α_k`` the voxel mean of
-               ``∂y_n / ∂A_k``; (bi/tri)linearly resized to the input size
+               ``∂y_n / ∂A_k``; (bi/tri)linearly resized to the input size. ``A`` is
+               the output of the last convolution larger than one voxel that the
+               forward pass runs (1×1 projections mix channels only), after the
+               ``nn.ReLU`` applied directly to it, if any: the deeper scale of
+               ``gpunet_base`` and ``gated_attention``, the last feature maps of
+               ``gpunet`` and ``gpunet_noresidual`` (where Grad-CAM is the CAM less
+               its bias, over the number of voxels)
 ``grad``       saliency (Simonyan et al., 2014): ``max_c |∂y_n / ∂x_c|`` over channels c
 ``guided``     guided backpropagation (Springenberg et al., 2015): ``max_c g_c``, the
                gradient of ``y_n`` with every ReLU passing back only positive gradients
-               where its forward input was positive
+               where its forward input was positive (hooks on the ``nn.ReLU`` modules,
+               removed afterwards); the sign is kept, unlike ``grad``, because only
+               positive evidence passes back
 ``intensity``  the image itself, its mean over channels
 =============  =========================================================================
 
