@@ -20,7 +20,10 @@ The second term is the squared l2 norm of the change of the probability map (a s
 voxels, so one voxel flipping from 0 to 1 costs ``l2_weight``). The count distribution
 comes from :func:`count_log_pmf`: the softmax of a count head's logits, or the
 Poisson-binomial distribution of the map's candidate regions; any other
-``count_fn(output) -> (N, C) log-probabilities`` works too.
+``count_fn(output) -> (N, C) log-probabilities`` works too. The Poisson-binomial
+gradient reaches only the arg-max voxels of the candidate regions there are, so an
+attack that needs a new region (``"up"`` beyond the number of candidates) has no
+gradient and leaves the image as it is.
 
 - :func:`count_attack` -- optimise the noise for one image (Adam or signed gradient steps);
 - :func:`apply_noise` -- the same measurements for a given noise (e.g. random);
