@@ -15,6 +15,7 @@ BENCHMARKS = (
     "bench_metrics",
     "bench_data",
     "bench_models",
+    "bench_attention",
     "bench_training",
 )
 
