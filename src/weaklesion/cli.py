@@ -587,6 +587,9 @@ def tune(
     max_distance: Annotated[
         float | None, typer.Option(help="Largest match distance [default: the run's].")
     ] = None,
+    max_lesions: Annotated[
+        int, typer.Option(help="Most lesions Gaussian fitting extracts per case (heatmap).")
+    ] = 100,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
 ) -> None:
     """Choose the detector's operating point on validation cases and store it in the run.
@@ -607,6 +610,7 @@ def tune(
         metric,
         split,
         max_distance=max_distance,
+        max_lesions=max_lesions,
         device=device_for(device),
         progress=sys.stderr.isatty(),
     )
