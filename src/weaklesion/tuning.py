@@ -138,7 +138,11 @@ def _truth_arrays(truth_points, n_cases: int, spacing) -> tuple[list, list]:
             f"truth_points: has {len(truth_points)} cases but there are {n_cases} cases of "
             "detections; expected one entry per case"
         )
-    spacings = list(spacing) if isinstance(spacing, list | tuple) else [spacing] * n_cases
+    per_case = isinstance(spacing, list | tuple) and any(
+        s is None or np.ndim(s) == 1 for s in spacing
+    )
+    per_case = per_case or (isinstance(spacing, np.ndarray) and spacing.ndim == 2)
+    spacings = list(spacing) if per_case else [spacing] * n_cases
     if len(spacings) != n_cases:
         raise ValueError(f"spacing: has {len(spacings)} entries; expected one per case")
     return [np.asarray(_values(t), dtype=float) for t in truth_points], spacings
@@ -166,8 +170,8 @@ def threshold_sweep(
         Largest match distance, in mm with ``spacing``, else voxels.
     thresholds : sequence of floats
         Candidates; sorted from the highest.
-    spacing : spacing or list of per-case spacings, optional
-        Voxel size in mm.
+    spacing : float, (D,) sequence, or list of per-case (D,) spacings or None, optional
+        Voxel size in mm, for every case or per case.
 
     Returns
     -------
