@@ -206,7 +206,6 @@ def test_threshold_tuned_on_validation_maps_beats_the_default_on_test_maps():
     assert tuned < 0.5
     on_test = threshold_sweep(detections(test), test_truth, 3.0, [tuned, 0.5])
     f1 = dict(zip(on_test.values.tolist(), on_test.scores()["f1"].tolist(), strict=True))
-    print(tuned, f1)
     f1_tuned, f1_default = f1[tuned], f1[0.5]
     assert f1_tuned > 0.95
     assert f1_default < 0.8
