@@ -13,6 +13,7 @@ BENCHMARKS = (
     "bench_counting",
     "bench_fit_gaussians",
     "bench_metrics",
+    "bench_tuning",
     "bench_data",
     "bench_models",
     "bench_attention",
