@@ -589,7 +589,7 @@ def tune(
     ] = None,
     max_lesions: Annotated[
         int, typer.Option(help="Most lesions Gaussian fitting extracts per case (heatmap).")
-    ] = 100,
+    ] = 1000,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
 ) -> None:
     """Choose the detector's operating point on validation cases and store it in the run.
