@@ -252,6 +252,7 @@ def tuned_run(tmp_path_factory):
     return run, held_out, result.output
 
 
+@pytest.mark.slow
 def test_tune_chooses_the_best_validation_f1_and_writes_curve_and_figure(tuned_run):
     run, held_out, output = tuned_run
     record = json.loads((run / "operating_point.json").read_text())
@@ -283,6 +284,7 @@ def test_tune_chooses_the_best_validation_f1_and_writes_curve_and_figure(tuned_r
     assert detection_scores(matches).f1 == pytest.approx(record["metric_value"])
 
 
+@pytest.mark.slow
 def test_load_run_detect_and_evaluate_use_the_tuned_threshold(tuned_run, tmp_path):
     run, held_out, _ = tuned_run
     value = json.loads((run / "operating_point.json").read_text())["value"]
@@ -348,6 +350,7 @@ def test_load_run_detect_and_evaluate_use_the_tuned_threshold(tuned_run, tmp_pat
     assert settings["run"] == str(run) and settings["split"] == "test"
 
 
+@pytest.mark.slow
 def test_an_operating_point_tuned_for_another_checkpoint_is_ignored(tuned_run, tmp_path):
     run, _, _ = tuned_run
     copy = tmp_path / "run"
@@ -355,13 +358,14 @@ def test_an_operating_point_tuned_for_another_checkpoint_is_ignored(tuned_run, t
     state = load_checkpoint(copy / "best.pt")
     state["epoch"] += 1  # as if a later epoch had become the best
     save_checkpoint(copy / "best.pt", state)
-    with pytest.warns(UserWarning, match="tuned for another best.pt"):
+    with pytest.warns(UserWarning, match="tuned for another best.pt than the one now"):
         assert read_operating_point(copy) is None
     with pytest.warns(UserWarning):
         _, _, info = load_run(copy)
     assert "operating_point" not in info and info.get("threshold") is None
 
 
+@pytest.mark.slow
 def test_a_count_run_tunes_the_offset_of_its_rounded_count(tuned_run, tmp_path):
     _, held_out, _ = tuned_run
     config = TrainConfig(labels="counts", model_kwargs={"filters": 4}, spatial_dims=3)
@@ -386,3 +390,11 @@ def test_a_count_run_tunes_the_offset_of_its_rounded_count(tuned_run, tmp_path):
     best = max(accuracy(b) for b in DEFAULT_OFFSETS)
     assert record["metric_value"] == pytest.approx(best)
     assert record["value"] == min(b for b in DEFAULT_OFFSETS if accuracy(b) == best)
+
+
+@pytest.mark.slow
+def test_an_operating_point_tuned_for_best_does_not_apply_to_last(tuned_run):
+    run, _, _ = tuned_run
+    assert read_operating_point(run, run / "last.pt") is None
+    _, _, info = load_run(run, "last")
+    assert "operating_point" not in info

@@ -481,7 +481,7 @@ def tune_operating_point(
     which: str = "best",
     values: Sequence[float] | None = None,
     max_distance: float | None = None,
-    max_lesions: int = 100,
+    max_lesions: int = 1000,
     nms_size: int = 6,
     device: str = "cpu",
     progress: bool = False,
@@ -514,7 +514,9 @@ def tune_operating_point(
         Largest match distance; default the run's ``match_distance`` (mm when its sigma
         is in mm, else voxels).
     max_lesions : int
-        Most lesions Gaussian fitting extracts per case (heatmap runs).
+        Most lesions Gaussian fitting extracts per case (heatmap runs). The fitted
+        amplitudes depend on it when a map holds more candidates than this, so use the
+        value detection will use (``fit_gaussians``' and ``weaklesion detect``'s 1000).
     nms_size : int
         Non-maximum suppression box of the attention map's peaks (count runs).
     device : str
@@ -694,9 +696,10 @@ def read_operating_point(
     Returns
     -------
     dict or None
-        The record :func:`tune_operating_point` wrote; None when there is none, or (with
-        a warning) when it was tuned for another checkpoint, e.g. before the best epoch
-        changed.
+        The record :func:`tune_operating_point` wrote; None when there is none, when it
+        was tuned for a checkpoint of another name (``best.pt`` when ``checkpoint`` is
+        ``last.pt``), or (with a warning) when the checkpoint of that name has changed
+        since, e.g. because further training found a better epoch.
     """
     run_dir = Path(run_dir)
     path = run_dir / OPERATING_POINT_FILE
@@ -709,10 +712,12 @@ def read_operating_point(
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
         raise ValueError(f"{path}: not an operating point written by `weaklesion tune`") from None
     checkpoint = run_dir / "best.pt" if checkpoint is None else Path(checkpoint)
+    if record["run"].get("checkpoint") != checkpoint.name:
+        return None  # tuned for another checkpoint of the run, e.g. best.pt, not last.pt
     if not checkpoint.is_file() or _sha256(checkpoint) != tuned_for:
         warnings.warn(
-            f"{path}: tuned for another {record['run'].get('checkpoint', 'checkpoint')} than "
-            f"{checkpoint}; ignored (run `weaklesion tune` again)",
+            f"{path}: tuned for another {checkpoint.name} than the one now in {run_dir}; "
+            "ignored (run `weaklesion tune` again)",
             stacklevel=2,
         )
         return None
