@@ -246,5 +246,5 @@ def test_real_process_prints_no_traceback(tmp_path):
     )
     assert process.returncode == 2
     assert "Traceback" not in process.stderr
-    assert process.stderr.strip().startswith("error:")
+    assert process.stderr.strip() == f"error: {tmp_path / 'nope.npy'}: no such file"
     assert len(process.stderr.strip().splitlines()) == 1

@@ -42,7 +42,7 @@ def _refuse_bad_input(command: Callable) -> Callable:
             message = str(error) or error.__class__.__name__
             if isinstance(error, KeyError):
                 message = message.strip("'\"")
-            typer.echo(f"error: {message.splitlines()[0] if message else error!r}", err=True)
+            typer.echo(f"error: {message.splitlines()[0]}", err=True)
             raise typer.Exit(EXIT_BAD_INPUT) from None
 
     return wrapper
