@@ -12,12 +12,12 @@ segmentation network on a few masks. Here:
    validation epoch (detection F1 of Gaussian fitting on the validation points) is kept.
 3. For each seed, the masks of 1 % of the 36 training cases (at least one: one case,
    drawn with the seed) train a segmentation model (weighted BCE, learning rate 3e-3,
-   random 32^3 patches, a third of them on a lesion) for the same number of epochs (one
-   step each), in three arms: from the heatmap weights, whole network
-   (``finetune``) or decoder only (``finetune_decoder``), or from a random
-   initialisation with otherwise the same configuration (``scratch``). With masks this
-   scarce there are none to spare for validation: no validation masks are used, and
-   each arm is evaluated at its last epoch.
+   random 32^3 patches, a third of them on a lesion, dropout 0.1 for MC dropout) for
+   the same number of epochs (one step each), in two arms: from the heatmap weights,
+   whole network (``finetune``), or from a random initialisation with otherwise the same
+   configuration (``scratch``); :data:`TRANSFER_ARMS` can add the decoder-only variant.
+   With masks this scarce there are none to spare for validation: no validation masks
+   are used, and each arm is evaluated at its last epoch.
 4. On the 6 test cases, each segmentation model's probability map is binarised at 0.5
    and its connected components are scored: *segmentation F1* matches components to the
    true lesion masks one-to-one by overlap (a pair shares at least one voxel; the
@@ -35,9 +35,10 @@ segmentation network on a few masks. Here:
 Everything runs on the CPU with two torch threads; the machine is shared, so seconds are
 wall-clock and the load average is recorded.
 
-Run: ``.venv/bin/python -m benchmarks.transfer``; writes
-``benchmarks/results/transfer.json``. ``--quick`` runs a smoke version on tiny data
-and writes nothing.
+Run: ``.venv/bin/python -m benchmarks.transfer [--work DIR]``; writes
+``benchmarks/results/transfer.json``. ``--work`` keeps the data and runs in ``DIR`` and
+resumes what is there (an interrupted run loses nothing); ``--quick`` runs a smoke
+version on tiny data and writes no result.
 """
 
 from __future__ import annotations
@@ -103,7 +104,11 @@ SEGMENTATION_LR = 3e-3
 MATCH_DISTANCE = 3.0
 THREADS = 2
 CERTAINTY_FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)
-ARMS = ("finetune", "finetune_decoder", "scratch")
+# Arms fine-tuned from the heatmap weights, and which part of the network each trains
+# ({"finetune_decoder": "decoder"} adds the frozen-encoder variant).
+TRANSFER_ARMS = {"finetune": "all"}
+ARMS = (*TRANSFER_ARMS, "scratch")
+SEGMENTATION_DROPOUT = 0.1
 SCORES = ("segmentation_f1", "detection_f1", "dice")
 
 
@@ -225,17 +230,18 @@ def certainty_curve(found, uncertainties, cases: list[HeldOutCase]) -> dict:
 
 
 def segmentation_arms(source: Path, datalist: Path, work: Path, seed: int, settings: dict):
-    """Train the three arms of one seed; returns {arm: (run folder, seconds)}."""
+    """Train the arms of one seed; returns {arm: (run folder, seconds)}."""
     runs = {}
     common = {
         "seed": seed,
         "lr": SEGMENTATION_LR,
         "patch_size": settings["segmentation_patch"],
+        "model_kwargs.dropout": SEGMENTATION_DROPOUT,
         "val_fraction": 0.0,
         "num_threads": THREADS,
         "device": "cpu",
     }
-    for arm, part in (("finetune", "all"), ("finetune_decoder", "decoder")):
+    for arm, part in TRANSFER_ARMS.items():
         started = time.perf_counter()
         run = finetune(
             source,
@@ -245,12 +251,14 @@ def segmentation_arms(source: Path, datalist: Path, work: Path, seed: int, setti
             part=part,
             epochs=settings["segmentation_epochs"],
             overrides=common,
+            resume=True,
             progress=False,
         ).run_dir
         runs[arm] = (run, time.perf_counter() - started)
     scratch_config = load_config(runs["finetune"][0] / "config.toml", {"init_from": None})
     started = time.perf_counter()
-    run = train(scratch_config, datalist, work / f"scratch_{seed}", progress=False).run_dir
+    scratch = work / f"scratch_{seed}"
+    run = train(scratch_config, datalist, scratch, resume=True, progress=False).run_dir
     runs["scratch"] = (run, time.perf_counter() - started)
     return runs
 
@@ -259,15 +267,18 @@ def _train_cases(run_dir: Path) -> list[str]:
     return list(load_checkpoint(run_dir / "last.pt")["info"]["train_cases"])
 
 
-def main(quick: bool = False) -> dict:
+def main(quick: bool = False, work: Path | None = None) -> dict:
     settings = SETTINGS["quick" if quick else "full"]
     torch.set_num_threads(THREADS)
-    work = Path(tempfile.mkdtemp(prefix="transfer-"))
+    keep = work is not None
+    work = Path(work) if keep else Path(tempfile.mkdtemp(prefix="transfer-"))
     cpu_started, wall_started = time.process_time(), time.perf_counter()
     try:
-        data = write_phantom_dataset(
-            work / "data", n_cases=settings["n_cases"], seed=0, shape=settings["shape"]
-        )
+        data = work / "data"
+        if not (data / "dataset.json").exists():
+            write_phantom_dataset(
+                data, n_cases=settings["n_cases"], seed=0, shape=settings["shape"]
+            )
         split = {k: len(v) for k, v in load_dataset(data).split.items()}
         recipe = "demo.toml" if DEMO_CONFIG.exists() and not quick else "fallback"
         overrides = {
@@ -280,7 +291,7 @@ def main(quick: bool = False) -> dict:
             overrides["model_kwargs.features"] = settings["features"]
         config = load_config(DEMO_CONFIG if recipe == "demo.toml" else None, overrides)
         started = time.perf_counter()
-        trained = train(config, data, work / "heatmap", progress=not quick)
+        trained = train(config, data, work / "heatmap", resume=True, progress=not quick)
         source, heatmap_seconds = trained.run_dir, time.perf_counter() - started
 
         test_cases = held_out_cases(data)
@@ -330,13 +341,14 @@ def main(quick: bool = False) -> dict:
             ),
         }
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
 
     summary = {
         arm: {key: float(np.mean([run[arm][key] for run in runs])) for key in SCORES}
         for arm in ARMS
     }
-    for arm in ("finetune", "finetune_decoder"):
+    for arm in TRANSFER_ARMS:
         summary[f"{arm}_minus_scratch"] = {
             key: summary[arm][key] - summary["scratch"][key] for key in SCORES
         }
@@ -365,6 +377,7 @@ def main(quick: bool = False) -> dict:
             "segmentation_steps_per_epoch": 1,
             "segmentation_lr": SEGMENTATION_LR,
             "segmentation_patch_size": settings["segmentation_patch"],
+            "segmentation_dropout": SEGMENTATION_DROPOUT,
             "mask_fraction": MASK_FRACTION,
             "segmentation_validation": "none (no validation masks); last epoch evaluated",
             "seeds": list(settings["seeds"]),
@@ -392,4 +405,6 @@ def main(quick: bool = False) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run on tiny data")
-    main(parser.parse_args().quick)
+    parser.add_argument("--work", type=Path, help="keep data and runs here and resume them")
+    arguments = parser.parse_args()
+    main(arguments.quick, arguments.work)
