@@ -753,9 +753,12 @@ _SETTLED = 0.005  # mass; a cut cluster whose fits change less is refined no fur
 
 
 def _squared_norm(values: np.ndarray) -> float:
-    """Sum of squares by einsum, not BLAS: at the sizes here its single-threaded loops are
-    as fast, and they do not stall when other processes hold the cores (multi-threaded
-    BLAS calls on boxes of ~10^4 voxels were measured to take 100 times longer then)."""
+    """Sum of the squares of ``values``, by einsum rather than BLAS.
+
+    At the sizes here einsum's single-threaded loops are as fast, and they do not stall
+    when other processes hold the cores (multi-threaded BLAS calls on boxes of ~10^4
+    voxels were measured to take 100 times longer then).
+    """
     flat = values.ravel()
     return float(np.einsum("i,i->", flat, flat))
 
@@ -857,10 +860,10 @@ def _merge_or_drop(
     stop: float,
     pair: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Merge the closest two components if nearer than ``_MERGE_DISTANCE`` sigmas (or the
-    given ``pair``), else drop the weakest if below ``stop``; ``label`` (start fit ->
-    component) is updated.
+    """Merge two components or drop one; ``label`` (start fit -> component) follows.
 
+    Merges the given ``pair`` (first < second), or else the closest two components if
+    nearer than ``_MERGE_DISTANCE`` sigmas; else drops the weakest if below ``stop``.
     A merged component carries the summed amplitude at the amplitude-weighted mean of
     the two centres. Returns the new amplitudes and centres, and whether any changed.
     """
@@ -1315,7 +1318,7 @@ def fit_gaussians(
     are well above ``stop``. Limits: closer lesions with amplitudes near ``stop`` can
     stay merged, for lack of a side fit above ``stop`` to start from; where noise above
     ``stop`` gives many linked fits, the refinement leaves their number about as it was
-    but costs 2 to 5 times the greedy pass (10 times on a field of uniform noise with
+    but costs 2 to 6 times the greedy pass (10 times on a field of uniform noise with
     1000 fits).
 
     Examples
