@@ -1285,8 +1285,8 @@ def fit_gaussians(
     The greedy pass sees one lesion at a time, so lesions closer than about 4 sigma are
     fitted badly: at 2 sigma apart their sum is flat-topped, and the first fit lands
     between them with about their summed amplitude, beside small side fits. Worst
-    errors measured on noise-free pairs (amplitudes 0.5-1): 1.9 voxels and 0.66 in
-    amplitude at 2 sigma apart, 0.6 and 0.12 at 3 sigma, 0.1 and 0.02 at 4 sigma.
+    errors measured on noise-free pairs (amplitudes 0.5-1): 2.2 voxels and 0.63 in
+    amplitude at 2 sigma apart, 0.8 and 0.12 at 3 sigma, 0.1 and 0.02 at 4 sigma.
 
     The refinement links fits whose centres are less than 5 sigma apart and overlap
     enough to bias separate fits by more than 0.001 in amplitude, and for each linked
