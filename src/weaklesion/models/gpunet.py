@@ -27,7 +27,53 @@ def _two_convs(spatial_dims: int, in_channels: int, out_channels: int) -> nn.Seq
     )
 
 
-class GPUNet(nn.Module):
+class _PooledCount(nn.Module):
+    """Count and class activation map from the full-resolution features ``features(x)``.
+
+    Subclasses define ``features`` and a ``regressor`` (one linear unit over the
+    feature channels), and call :meth:`_checked` on their input.
+    """
+
+    spatial_dims: int
+    in_channels: int
+    regressor: nn.Linear
+    smallest_size = 2
+
+    def _checked(self, x: torch.Tensor) -> torch.Tensor:
+        check_batch(x, "x", self.spatial_dims, self.in_channels)
+        if min(x.shape[2:]) < self.smallest_size:
+            raise ValueError(
+                f"x: has spatial shape {tuple(x.shape[2:])}; expected at least "
+                f"{self.smallest_size} voxels along every axis"
+            )
+        # Channels-last layout spares the CPU convolutions a layout conversion each.
+        return x.contiguous(memory_format=MEMORY_FORMATS[self.spatial_dims])
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _count(self, features: torch.Tensor) -> torch.Tensor:
+        return self.regressor(features.flatten(2).mean(dim=2)).squeeze(1)
+
+    def _attention(self, features: torch.Tensor) -> torch.Tensor:
+        weights = self.regressor.weight[0]
+        return torch.einsum("nc...,c->n...", features, weights) + self.regressor.bias[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Predicted counts ``(N,)`` for a batch ``(N, in_channels, *spatial)``."""
+        return self._count(self.features(x))
+
+    def attention_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Class activation maps ``(N, *spatial)``, whose mean over voxels is the count."""
+        return self._attention(self.features(x))
+
+    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Counts ``(N,)`` and class activation maps ``(N, *spatial)`` from one pass."""
+        features = self.features(x)
+        return self._count(features), self._attention(features)
+
+
+class GPUNet(_PooledCount):
     """GP-Unet (architecture A): counts from global pooling, attention maps without it.
 
     Layers, all 3×3(×3) convolutions with zero padding and ReLU:
@@ -113,23 +159,3 @@ class GPUNet(nn.Module):
         low = torch.cat([low, self.bottom(low)], dim=1)
         up = functional.interpolate(low, size=top.shape[2:], mode="nearest")
         return self.decoder(torch.cat([top, up], dim=1)).contiguous()
-
-    def _count(self, features: torch.Tensor) -> torch.Tensor:
-        return self.regressor(features.flatten(2).mean(dim=2)).squeeze(1)
-
-    def _attention(self, features: torch.Tensor) -> torch.Tensor:
-        weights = self.regressor.weight[0]
-        return torch.einsum("nc...,c->n...", features, weights) + self.regressor.bias[0]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Predicted counts ``(N,)`` for a batch ``(N, in_channels, *spatial)``."""
-        return self._count(self.features(x))
-
-    def attention_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Class activation maps ``(N, *spatial)``, whose mean over voxels is the count."""
-        return self._attention(self.features(x))
-
-    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Counts ``(N,)`` and class activation maps ``(N, *spatial)`` from one pass."""
-        features = self.features(x)
-        return self._count(features), self._attention(features)

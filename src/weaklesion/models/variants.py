@@ -22,9 +22,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from weaklesion._validation import check_batch
-from weaklesion.models.gpunet import _two_convs
-from weaklesion.models.unet import CONVOLUTIONS, MAX_POOLS, MEMORY_FORMATS, check_spatial_dims
+from weaklesion.models.gpunet import _PooledCount, _two_convs
+from weaklesion.models.unet import CONVOLUTIONS, MAX_POOLS, check_spatial_dims
 
 __all__ = ["AttentionGate", "GPUNetNoResidual", "TwoScaleGPUNet"]
 
@@ -43,52 +42,6 @@ def _default_filters(spatial_dims: int, filters: int | None, in_channels: int) -
 def _upsample(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Nearest-neighbour resize of ``x`` to the spatial size of ``like``."""
     return functional.interpolate(x, size=like.shape[2:], mode="nearest")
-
-
-class _PooledCount(nn.Module):
-    """Count and class activation map from the full-resolution features ``features(x)``.
-
-    Subclasses define ``features`` and a ``regressor`` (one linear unit over the
-    feature channels), and call :meth:`_checked` on their input.
-    """
-
-    spatial_dims: int
-    in_channels: int
-    regressor: nn.Linear
-    smallest_size = 2
-
-    def _checked(self, x: torch.Tensor) -> torch.Tensor:
-        check_batch(x, "x", self.spatial_dims, self.in_channels)
-        if min(x.shape[2:]) < self.smallest_size:
-            raise ValueError(
-                f"x: has spatial shape {tuple(x.shape[2:])}; expected at least "
-                f"{self.smallest_size} voxels along every axis"
-            )
-        # Channels-last layout spares the CPU convolutions a layout conversion each.
-        return x.contiguous(memory_format=MEMORY_FORMATS[self.spatial_dims])
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def _count(self, features: torch.Tensor) -> torch.Tensor:
-        return self.regressor(features.flatten(2).mean(dim=2)).squeeze(1)
-
-    def _attention(self, features: torch.Tensor) -> torch.Tensor:
-        weights = self.regressor.weight[0]
-        return torch.einsum("nc...,c->n...", features, weights) + self.regressor.bias[0]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Predicted counts ``(N,)`` for a batch ``(N, in_channels, *spatial)``."""
-        return self._count(self.features(x))
-
-    def attention_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Class activation maps ``(N, *spatial)``, whose mean over voxels is the count."""
-        return self._attention(self.features(x))
-
-    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Counts ``(N,)`` and class activation maps ``(N, *spatial)`` from one pass."""
-        features = self.features(x)
-        return self._count(features), self._attention(features)
 
 
 class GPUNetNoResidual(_PooledCount):
