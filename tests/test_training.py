@@ -25,7 +25,7 @@ from weaklesion.training.data import (
     heatmap_scale,
     load_training_cases,
 )
-from weaklesion.training.loop import validate
+from weaklesion.training.loop import learning_rate, validate
 from weaklesion.training.objectives import (
     count_weight_at,
     foreground_weights,
@@ -84,6 +84,9 @@ def tiny_config(labels: str, **changes) -> TrainConfig:
         (["model_kwargs=4"], "model_kwargs"),
         (["labels=dots"], "labels"),
         (["labels=counts", "target=heatmap"], "target"),
+        (["lr_schedule=linear"], "lr_schedule"),
+        (["val_every=0"], "val_every"),
+        (["affine_probability=1.5"], "affine_probability"),
     ],
 )
 def test_bad_override_is_one_line_error_naming_the_key(overrides, key):
@@ -229,6 +232,22 @@ def test_augmentation_and_patches_move_image_and_target_together(patch_size):
     assert changed >= 3  # most epochs flip, rotate or crop something
 
 
+def test_flips_only_augmentation_is_a_flip_of_the_sample():
+    case = _case_with_target_as_image()
+    config = tiny_config("points", sigma=1.5, augment=True, affine_probability=0.0)
+    dataset = LesionDataset([case], config, heatmap_scale([1.5] * 3))
+    original = torch.from_numpy(case.image)
+    flips = [[a for a in (1, 2, 3) if mask >> (a - 1) & 1] for mask in range(8)]
+    seen = set()
+    for epoch in range(12):
+        dataset.set_epoch(epoch)
+        image = dataset[0]["image"]
+        matching = [i for i, axes in enumerate(flips) if torch.equal(image, original.flip(axes))]
+        assert len(matching) == 1, epoch  # a flip, never resampled
+        seen.add(matching[0])
+    assert len(seen) >= 4
+
+
 def test_samples_depend_only_on_seed_epoch_and_index():
     case = _case_with_target_as_image()
     config = tiny_config("masks+counts", augment=True, patch_size=[8, 16, 16])
@@ -328,6 +347,26 @@ def test_validation_of_perfect_masks_is_dice_one(phantom):
     components = sum(cc3d.connected_components(c.instances > 0).max() for c in val_cases)
     assert metrics["precision"] == 1.0
     assert metrics["f1"] == pytest.approx(2 * components / (components + lesions))
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
+def test_learning_rate_schedules_equal_torch_schedulers(schedule):
+    config = TrainConfig(lr=3e-3, lr_schedule=schedule)
+    total = 37
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
+    if schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    else:
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=total
+        )
+    for step in range(total):
+        assert learning_rate(config, step, total) == pytest.approx(
+            optimizer.param_groups[0]["lr"], rel=1e-9
+        ), step
+        optimizer.step()
+        scheduler.step()
+    assert learning_rate(TrainConfig(lr=3e-3), 5, total) == 3e-3
 
 
 # --------------------------------------------------------------------------- training runs
@@ -444,6 +483,29 @@ def test_resume_gives_bitwise_the_same_weights(phantom, trained, tmp_path):
             other = resumed["optimizer"]["state"][key][name]
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(other)), (key, name)
     assert [r["loss"] for r in straight["history"]] == [r["loss"] for r in resumed["history"]]
+
+
+def test_validation_every_k_epochs_with_a_schedule(phantom, tmp_path):
+    config = tiny_config("points", epochs=5, val_every=2, lr_schedule="onecycle")
+    result = train(config, phantom, tmp_path, progress=False)
+    validated = [r["epoch"] for r in result.history if "val_f1" in r]
+    assert validated == [2, 4, 5]  # every second epoch and the last
+    f1 = {r["epoch"]: r["val_f1"] for r in result.history if "val_f1" in r}
+    assert result.best_epoch in validated and f1[result.best_epoch] == max(f1.values())
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == result.best_epoch
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 5
+    steps = 3  # 6 training cases in batches of 2
+    rates = [r["lr"] for r in result.history]  # the rate of each epoch's last step
+    assert rates == [learning_rate(config, (e + 1) * steps - 1, 5 * steps) for e in range(5)]
+    assert rates[-1] == pytest.approx(config.lr / 25 / 1e4, rel=1e-6)
+    with pytest.raises(ValueError, match="epochs 5 -> 8"):  # the schedule spans 5 epochs
+        train(
+            tiny_config("points", epochs=8, val_every=2, lr_schedule="onecycle"),
+            phantom,
+            tmp_path,
+            resume=True,
+            progress=False,
+        )
 
 
 def test_new_run_refuses_a_folder_with_a_run(phantom, trained):

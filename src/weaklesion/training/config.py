@@ -41,6 +41,7 @@ CHOICES = {
     "count_head": COUNT_HEADS,
     "count_objective": ("regression", "classification"),
     "device": ("auto", "cpu", "cuda"),
+    "lr_schedule": ("constant", "cosine", "onecycle"),
 }
 
 
@@ -103,19 +104,30 @@ class TrainConfig:
     epochs : int
         Number of training epochs.
     lr : float
-        Adam learning rate.
+        Adam learning rate (the peak rate of a schedule).
+    lr_schedule : {"constant", "cosine", "onecycle"}
+        Learning rate per optimiser step over the ``epochs``: constant; cosine annealing
+        from ``lr`` to 0; or one cycle (cosine warm-up from ``lr / 25`` to ``lr`` over the
+        first 30 % of the steps, then cosine annealing to ``lr / 25 / 1e4``), see
+        :func:`weaklesion.training.loop.learning_rate`.
     batch_size : int
         Images (or patches) per step and per process.
     patch_size : list of int or None
         Random patches of this size for large images; None trains on whole images.
     augment : bool
         Random flips and a small random affine, applied identically to image and target.
+    affine_probability : float
+        Probability in [0, 1] that an augmented sample also gets the random affine
+        (rotation and scaling); 0 augments with flips only.
     seed : int
         Seed of initialisation, data order, patches, augmentation and dropout.
     num_threads : int
         CPU threads for torch (``torch.set_num_threads``).
     val_fraction : float
         Fraction of labelled cases held out for validation when the dataset has no split.
+    val_every : int
+        Validate (and update ``best.pt``) after every ``val_every``-th epoch and after
+        the last one; ``last.pt`` is written after every epoch.
     match_distance : float
         Largest distance, in ``sigma_units``, at which a validation detection matches a
         true lesion (detection F1).
@@ -163,12 +175,15 @@ class TrainConfig:
     count_objective: str = "regression"
     epochs: int = 100
     lr: float = 1e-3
+    lr_schedule: str = "constant"
     batch_size: int = 2
     patch_size: list[int] | None = None
     augment: bool = True
+    affine_probability: float = 0.5
     seed: int = 0
     num_threads: int = 2
     val_fraction: float = 0.2
+    val_every: int = 1
     match_distance: float = 3.0
     init_from: str | None = None
     label_fraction: float = 1.0
@@ -197,7 +212,15 @@ class TrainConfig:
 
 
 def _check_ranges(config: TrainConfig) -> None:
-    positive = ("sigma", "lr", "epochs", "batch_size", "num_threads", "match_distance")
+    positive = (
+        "sigma",
+        "lr",
+        "epochs",
+        "batch_size",
+        "num_threads",
+        "match_distance",
+        "val_every",
+    )
     for name in positive:
         if not getattr(config, name) > 0:
             raise ValueError(f"{name}: got {getattr(config, name)!r}; expected a positive value")
@@ -220,6 +243,10 @@ def _check_ranges(config: TrainConfig) -> None:
     if not 0 < config.label_fraction <= 1:
         raise ValueError(
             f"label_fraction: got {config.label_fraction!r}; expected a value in (0, 1]"
+        )
+    if not 0 <= config.affine_probability <= 1:
+        raise ValueError(
+            f"affine_probability: got {config.affine_probability!r}; expected a value in [0, 1]"
         )
     if not 0 <= config.val_fraction < 1:
         raise ValueError(f"val_fraction: got {config.val_fraction!r}; expected a value in [0, 1)")

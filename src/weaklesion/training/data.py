@@ -26,10 +26,9 @@ LABEL_SUBSET_STREAM = 4
 
 # Small augmentation: rotations up to this many radians about each axis, scaling by a
 # factor in [1 - MAX_SCALE, 1 + MAX_SCALE] per axis, each axis flipped with probability
-# 1/2 and the affine applied with probability AFFINE_PROBABILITY.
+# 1/2 and the affine applied with the configuration's ``affine_probability``.
 MAX_ROTATION = 0.15
 MAX_SCALE = 0.1
-AFFINE_PROBABILITY = 0.5
 # Fraction of random patches centred on a lesion (lesions are too sparse to be hit
 # often enough by uniform patches).
 FOREGROUND_PATCH_PROBABILITY = 1 / 3
@@ -358,7 +357,10 @@ def _crop(array: np.ndarray, start: np.ndarray, patch: Sequence[int]) -> np.ndar
 
 
 def augment(
-    arrays: dict[str, torch.Tensor], rng: np.random.Generator, spatial_dims: int
+    arrays: dict[str, torch.Tensor],
+    rng: np.random.Generator,
+    spatial_dims: int,
+    affine_probability: float = 0.5,
 ) -> dict[str, torch.Tensor]:
     """Random flips and a small random affine, the same for every array of a sample.
 
@@ -371,6 +373,8 @@ def augment(
         Source of every random choice (so the augmentation is fixed by its seed).
     spatial_dims : int
         Number of spatial axes D.
+    affine_probability : float
+        Probability that the random affine is applied after the flips.
 
     Returns
     -------
@@ -381,7 +385,7 @@ def augment(
     from monai.utils import convert_to_tensor
 
     flips = [axis + 1 for axis in range(spatial_dims) if rng.random() < 0.5]
-    apply_affine = rng.random() < AFFINE_PROBABILITY
+    apply_affine = rng.random() < affine_probability
     rotations = rng.uniform(-MAX_ROTATION, MAX_ROTATION, 3 if spatial_dims == 3 else 1)
     scales = rng.uniform(1 - MAX_SCALE, 1 + MAX_SCALE, spatial_dims)
     affine = Affine(
@@ -475,7 +479,7 @@ class LesionDataset(torch.utils.data.Dataset):
             arrays = {k: _crop(v, start, config.patch_size) for k, v in arrays.items()}
         sample = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
         if config.augment:
-            sample = augment(sample, rng, case.image.ndim - 1)
+            sample = augment(sample, rng, case.image.ndim - 1, config.affine_probability)
         if config.labels == "counts":
             sample["count"] = torch.tensor(float(case.count))
         elif config.labels == "masks+counts":

@@ -1,12 +1,14 @@
 """The training loop: one function for every kind of weak label.
 
 :func:`train` checks the dataset, caches it, builds the network the configuration names,
-and runs Adam for ``config.epochs`` epochs with the objective of
-:func:`~weaklesion.training.objectives.objective_for`. After each epoch it validates
-with a metric that fits the task, keeps the best epoch in ``best.pt`` and every epoch in
-``last.pt``, and rewrites ``history.jsonl`` and ``metrics.json``. An interrupted run
-resumes from ``last.pt`` to the same weights, bit for bit, as a run that was never
-interrupted (on CPU; on GPU up to the determinism of its kernels).
+and runs Adam for ``config.epochs`` epochs, with the learning rate of
+:func:`learning_rate` at every step, on the objective of
+:func:`~weaklesion.training.objectives.objective_for`. After every ``config.val_every``
+epochs (and the last) it validates with a metric that fits the task and keeps the best
+validated epoch in ``best.pt``; every epoch goes to ``last.pt``, ``history.jsonl`` and
+``metrics.json``. An interrupted run resumes from ``last.pt`` to the same weights, bit
+for bit, as a run that was never interrupted (on CPU; on GPU up to the determinism of
+its kernels).
 
 Validation metrics (the first named is the one that picks the best epoch):
 
@@ -86,6 +88,8 @@ THRESHOLDS = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2).tolist())
 VALIDATION_MAX_LESIONS = 100
 # Config fields a resumed run may change: they do not alter what is computed.
 RESUMABLE_CHANGES = ("epochs", "device", "num_threads")
+# The one-cycle schedule: warm-up fraction, peak / initial rate, initial / final rate.
+ONECYCLE_WARMUP, ONECYCLE_DIV, ONECYCLE_FINAL_DIV = 0.3, 25.0, 1e4
 
 
 @dataclass
@@ -302,9 +306,44 @@ def _write_history(path: Path, history: Sequence[dict[str, Any]]) -> None:
             handle.write(json.dumps(_json_ready(record)) + "\n")
 
 
+def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
+    """Learning rate of optimiser step ``step`` (0-based) of ``total_steps``.
+
+    ``"constant"`` gives ``config.lr``; ``"cosine"`` anneals from ``lr`` at step 0 to 0
+    at step ``total_steps``; ``"onecycle"`` rises from ``lr / 25`` to ``lr`` over the
+    first 30 % of the steps and falls to ``lr / 25 / 1e4`` at the last step, both by cosine
+    annealing (``torch.optim.lr_scheduler.OneCycleLR`` with its defaults). The rate is a
+    function of the step alone, so a resumed run follows the same schedule.
+
+    Examples
+    --------
+    >>> config = TrainConfig(lr=0.01, lr_schedule="cosine")
+    >>> [round(learning_rate(config, step, 4), 5) for step in range(4)]
+    [0.01, 0.00854, 0.005, 0.00146]
+    """
+    if config.lr_schedule == "constant":
+        return config.lr
+    if config.lr_schedule == "cosine":
+        return _cosine(config.lr, 0.0, step / total_steps)
+    initial = config.lr / ONECYCLE_DIV
+    final = initial / ONECYCLE_FINAL_DIV
+    peak_step = float(ONECYCLE_WARMUP * total_steps) - 1.0
+    if step <= peak_step:
+        return _cosine(initial, config.lr, step / peak_step)
+    return _cosine(config.lr, final, (step - peak_step) / (total_steps - 1.0 - peak_step))
+
+
+def _cosine(start: float, end: float, fraction: float) -> float:
+    """Cosine annealing from ``start`` (fraction 0) to ``end`` (fraction 1)."""
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * fraction))
+
+
 def _check_resumable(stored: TrainConfig, config: TrainConfig, path: Path) -> None:
     old, new = dataclasses.asdict(stored), dataclasses.asdict(config)
-    changed = [k for k in old if k not in RESUMABLE_CHANGES and old[k] != new[k]]
+    free = set(RESUMABLE_CHANGES)
+    if old["lr_schedule"] != "constant":
+        free.discard("epochs")  # a schedule spans the planned epochs
+    changed = [k for k in old if k not in free and old[k] != new[k]]
     if changed:
         details = ", ".join(f"{k} {old[k]!r} -> {new[k]!r}" for k in changed)
         raise ValueError(f"{path}: cannot resume with a different configuration ({details})")
@@ -504,9 +543,12 @@ def _train_epoch(
     totals: dict[str, float] = {}
     samples = 0
     started = time.perf_counter()
-    for indices in epoch_batches(
-        len(dataset), config.batch_size, config.seed, epoch, rank, world_size
-    ):
+    batches = epoch_batches(len(dataset), config.batch_size, config.seed, epoch, rank, world_size)
+    rate = optimizer.param_groups[0]["lr"]
+    for step, indices in enumerate(batches):
+        rate = learning_rate(config, epoch * len(batches) + step, config.epochs * len(batches))
+        for group in optimizer.param_groups:
+            group["lr"] = rate
         batch = collate([dataset[int(i)] for i in indices])
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         loss, logs = objective(model, batch, epoch)
@@ -522,7 +564,7 @@ def _train_epoch(
     count = max(totals.pop("samples"), 1)
     seconds = time.perf_counter() - started
     record = {"epoch": epoch + 1, **{k: v / count for k, v in totals.items()}}
-    record.update(seconds=seconds, samples_per_second=count / max(seconds, 1e-9))
+    record.update(seconds=seconds, samples_per_second=count / max(seconds, 1e-9), lr=rate)
     return record
 
 
@@ -540,7 +582,10 @@ def _end_epoch(
 ) -> dict[str, Any]:
     """Validate, update the best checkpoint, write last.pt and the logs (rank 0)."""
     metric, mode = info["metric"], info["mode"]
-    if val_cases:
+    validating = (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs
+    if val_cases and not validating:
+        value = None
+    elif val_cases:
         started = time.perf_counter()
         metrics = validate(network, val_cases, config, scale)
         record.update({f"val_{k}": v for k, v in metrics.items()})
@@ -550,7 +595,7 @@ def _end_epoch(
     else:
         value = record["loss"]
     history.append(record)
-    if _is_better(value, info.get("best_value"), mode):
+    if value is not None and _is_better(value, info.get("best_value"), mode):
         info.update(best_epoch=epoch + 1, best_value=value, best_threshold=info.get("threshold"))
         save_checkpoint(
             run_dir / "best.pt", run_state(network, None, epoch + 1, config, info, history)
