@@ -1,0 +1,219 @@
+"""Experiment 2 (points vs masks): the quick run writes a complete, resumable report, and
+its detectors and scores find the planted lesions of the quick phantom."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from weaklesion.bench.points import (
+    METHODS,
+    ROWS,
+    certainty_curve,
+    existence_calibration,
+    overlap_matches,
+    row_detector,
+    run_points,
+    segmentation_scores,
+    tune_and_test,
+)
+from weaklesion.data import load_dataset
+from weaklesion.data.truth import lesion_truth
+from weaklesion.detection import fit_gaussians
+from weaklesion.metrics import hits_by_score
+from weaklesion.targets import gaussian_heatmap
+from weaklesion.training.data import heatmap_scale
+from weaklesion.uncertainty import lesion_entropy
+
+torch.set_num_threads(1)
+SIGMA = 1.0
+MATCH_DISTANCE = 3.0
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_points")
+    summary = run_points(out, quick=True, seeds=1, methods=None, console=None)
+    return out, summary
+
+
+def _split(data, name):
+    """Truth centres, lesion sizes (voxels) and the volume shape of one split."""
+    cases = load_dataset(data).split_cases(name)
+    points, sizes, _ = lesion_truth(data, [case.id for case in cases])
+    shape = cases[0].load().image.shape[1:]
+    return [points[c.id] for c in cases], [sizes[c.id] for c in cases], shape
+
+
+@pytest.mark.slow
+def test_quick_run_writes_every_table_and_figure(quick_run):
+    out, summary = quick_run
+    assert set(summary["rows"]) == set(ROWS)
+    for row in ROWS:
+        entry = summary["rows"][row]
+        assert entry["seeds"] == [0]
+        assert all(0 <= entry[key][0] <= 1 for key in ("f1", "precision", "recall"))
+        assert 0 < entry["threshold"][0] < 1
+    tables = (out / "tables.md").read_text(encoding="utf-8")
+    for heading in ("Table 1.", "Table 2a.", "Table 2b.", "Transfer to segmentation"):
+        assert heading in tables
+    for label in ("segmentation + CC", "geodesic map + CC", "heatmap + Gaussian fitting"):
+        assert label in tables
+    assert json.loads((out / "summary.json").read_text()) == summary
+    for figure in ("calibration.png", "certainty.png", "transfer.png"):
+        assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    units = sorted((out / "units").glob("*.json"))
+    assert all(isinstance(json.loads(path.read_text()), dict) for path in units)
+    # Every transfer arm used the same mask cases: the comparison is paired.
+    transfer = [json.loads(p.read_text()) for p in units if p.name.startswith("transfer_")]
+    assert len(transfer) == 5  # scratch, two heatmap sigmas, two distance maps
+    assert len({tuple(record["mask_cases"]) for record in transfer}) == 1
+    calibration = summary["calibration"]["fitted"]
+    assert calibration["n_detections"] == [sum(calibration["bins"]["count"])]
+
+
+@pytest.mark.slow
+def test_rerun_reads_finished_units_and_trains_nothing(quick_run, monkeypatch):
+    out, summary = quick_run
+    before = {path.name: path.stat().st_mtime_ns for path in (out / "units").glob("*.json")}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished unit was trained again")
+
+    monkeypatch.setattr("weaklesion.training.train", refuse)
+    monkeypatch.setattr("weaklesion.training.finetune.finetune", refuse)
+    again = run_points(out, quick=True, seeds=1, methods=None, console=None)
+    after = {path.name: path.stat().st_mtime_ns for path in (out / "units").glob("*.json")}
+    assert after == before
+    assert again == summary
+
+
+@pytest.mark.slow
+def test_other_settings_in_the_same_folder_are_refused(quick_run):
+    out, _ = quick_run
+    with pytest.raises(ValueError, match=r"settings\.json: field '\w+' is .*use another --out"):
+        run_points(out, quick=False, seeds=1, methods=["heatmap_fit"], console=None)
+
+
+def test_unknown_method_is_named(tmp_path):
+    with pytest.raises(ValueError, match="methods: got segmentation; expected some of"):
+        run_points(tmp_path, quick=True, seeds=1, methods=["segmentation"], console=None)
+    assert "transfer" in METHODS and not (tmp_path / "units").exists()
+
+
+@pytest.mark.slow
+def test_oracle_heatmap_rows_find_the_planted_lesions(quick_run):
+    out, _ = quick_run
+    data = out / "work" / "data"
+    val_points, _, shape = _split(data, "validation")
+    test_points, sizes, _ = _split(data, "test")
+    oracle = {
+        "validation": [gaussian_heatmap(p, shape, SIGMA) for p in val_points],
+        "test": [gaussian_heatmap(p, shape, SIGMA) for p in test_points],
+    }
+    fitted = tune_and_test(
+        row_detector("fit", oracle["validation"], SIGMA),
+        val_points,
+        row_detector("fit", oracle["test"], SIGMA),
+        test_points,
+        sizes,
+        MATCH_DISTANCE,
+    )
+    assert fitted["f1"] >= 0.95
+    strata = fitted["recall_by_size"]
+    assert sum(strata["n_truth"].values()) + strata["excluded"] == sum(map(len, test_points))
+    assert strata["recall"]["small"] >= 0.9 and strata["n_truth"]["small"] > 0
+
+    scale = heatmap_scale([SIGMA] * 3)
+    components = tune_and_test(
+        row_detector("components", oracle["validation"], peak_scale=scale),
+        val_points,
+        row_detector("components", oracle["test"], peak_scale=scale),
+        test_points,
+        None,
+        MATCH_DISTANCE,
+    )
+    assert components["f1"] >= 0.8
+
+    # A chance detector, as many uniform random points as there are lesions, does not.
+    rng = np.random.default_rng(0)
+    guesses = {
+        name: [rng.uniform(0, np.array(shape) - 1, size=p.shape) for p in points]
+        for name, points in (("validation", val_points), ("test", test_points))
+    }
+    chance = tune_and_test(
+        lambda threshold, case: guesses["validation"][case],
+        val_points,
+        lambda threshold, case: guesses["test"][case],
+        test_points,
+        None,
+        MATCH_DISTANCE,
+    )
+    assert chance["f1"] < 0.3
+
+
+@pytest.mark.slow
+def test_oracle_fits_are_calibrated_and_ranked_first(quick_run):
+    out, _ = quick_run
+    points, _, shape = _split(out / "work" / "data", "test")
+    maps = [gaussian_heatmap(p, shape, SIGMA) for p in points]
+    fits = [fit_gaussians(m, SIGMA, stop=0.01, max_lesions=100) for m in maps]
+    scale = heatmap_scale([SIGMA] * 3)
+    result = existence_calibration(fits, [m * scale for m in maps], points, MATCH_DISTANCE)
+    assert result["n_detections"] >= sum(len(p) for p in points)
+    assert result["fitted"]["ece"] < 0.1
+    # Of the lesions kept at 0.5, those most certain to exist are the true ones.
+    kept = [found[found.scores >= 0.5] for found in fits]
+    correct = [
+        hits_by_score(k.points, k.scores, p, MATCH_DISTANCE)
+        for k, p in zip(kept, points, strict=True)
+    ]
+    curve = certainty_curve(correct, [lesion_entropy(k) for k in kept], [0.5, 1.0])
+    assert curve["n_detections"] >= 0.9 * sum(len(p) for p in points)
+    assert curve["accuracy"][0] == 1.0 >= curve["accuracy"][1] >= 0.9
+
+
+def test_oracle_segmentation_scores_perfectly():
+    truth = np.zeros((12, 12, 12), dtype=int)
+    truth[1:3, 1:3, 1:3] = 1
+    truth[6:9, 6:9, 6:9] = 2
+    points = np.array([[1.5, 1.5, 1.5], [7.0, 7.0, 7.0]])
+    perfect = segmentation_scores([(truth > 0).astype(float)], [truth], [points], 3.0)
+    assert perfect["segmentation_f1"] == perfect["detection_f1"] == perfect["dice"] == 1.0
+    # Lesion 1 missed, lesion 2 found one voxel off (18 of 27 voxels), one false blob.
+    guess = np.zeros(truth.shape)
+    guess[6:9, 6:9, 7:10] = 0.9
+    guess[1:3, 9:11, 9:11] = 0.8
+    scores = segmentation_scores([guess], [truth], [points], 3.0)
+    assert scores["segmentation_tp_fp_fn"] == [1, 1, 1]
+    assert scores["dice"] == pytest.approx(2 * 18 / (27 + 8 + 27 + 8))
+    assert scores["detection_f1"] == pytest.approx(0.5)
+
+
+def _brute_force_pairs(predicted, truth):
+    """Most one-to-one component-lesion pairs sharing a voxel, by trying every assignment."""
+    import cc3d
+
+    labels, n_pred = cc3d.connected_components(predicted, connectivity=26, return_N=True)
+    ids = sorted(set(truth[truth > 0].tolist()))
+    touching = {
+        (a, b) for a in range(1, n_pred + 1) for b in ids if np.any((labels == a) & (truth == b))
+    }
+    best = 0
+    for chosen in itertools.permutations(ids, min(n_pred, len(ids))):
+        for rows in itertools.permutations(range(1, n_pred + 1), len(chosen)):
+            best = max(best, sum((a, b) in touching for a, b in zip(rows, chosen, strict=True)))
+    return best, n_pred, len(ids)
+
+
+def test_overlap_matches_equals_brute_force():
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        truth = rng.integers(0, 4, size=(1, 3, 6)) * (rng.random((1, 3, 6)) < 0.4)
+        predicted = rng.random((1, 3, 6)) < 0.3
+        pairs, n_pred, n_true = _brute_force_pairs(predicted, truth)
+        assert overlap_matches(predicted, truth) == (pairs, n_pred - pairs, n_true - pairs)
