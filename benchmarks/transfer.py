@@ -54,11 +54,10 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-import cc3d
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
+from weaklesion.bench.points import f1_from_counts, overlap_matches, training_datalist
 from weaklesion.data.dataset import load_dataset
 from weaklesion.data.normalize import zscore
 from weaklesion.data.phantom import write_phantom_dataset
@@ -130,55 +129,6 @@ def held_out_cases(data: Path) -> list[HeldOutCase]:
     return cases
 
 
-def training_datalist(data: Path) -> Path:
-    """A datalist of the training split only: no validation cases, hence no validation masks."""
-    dataset = load_dataset(data)
-    entries = [
-        {
-            "id": case.id,
-            "image": [str(path.relative_to(data)) for path in case.channels],
-            "label": str(case.mask.relative_to(data)),
-            "points": case.points.tolist(),
-        }
-        for case in dataset.split_cases("training")
-    ]
-    description = json.loads((data / "dataset.json").read_text())
-    path = data / "training_only.json"
-    with atomic_write(path, "w", encoding="utf-8") as handle:
-        json.dump(
-            {
-                "channel_names": description["channel_names"],
-                "spacing": description["spacing"],
-                "training": entries,
-            },
-            handle,
-        )
-    return path
-
-
-def overlap_matches(predicted: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
-    """TP, FP, FN of predicted components against true lesion instances by overlap.
-
-    A component and a lesion may pair when they share a voxel; among one-to-one
-    pairings the one with the most pairs is taken (Hungarian algorithm).
-    """
-    labels, n_pred = cc3d.connected_components(predicted, connectivity=26, return_N=True)
-    ids = np.unique(truth[truth > 0])
-    n_true = len(ids)
-    if n_pred == 0 or n_true == 0:
-        return 0, int(n_pred), n_true
-    both = (labels > 0) & (truth > 0)
-    overlap = np.zeros((n_pred, n_true), dtype=bool)
-    overlap[labels[both] - 1, np.searchsorted(ids, truth[both])] = True
-    rows, cols = linear_sum_assignment(overlap, maximize=True)
-    tp = int(overlap[rows, cols].sum())
-    return tp, int(n_pred) - tp, n_true - tp
-
-
-def f1(tp: int, fp: int, fn: int) -> float:
-    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
-
-
 def evaluate_segmentation(run_dir: Path, cases: list[HeldOutCase]) -> dict:
     """Test scores of a segmentation run's last epoch (see the module notes)."""
     model, _, _ = load_run(run_dir, "last")
@@ -194,7 +144,7 @@ def evaluate_segmentation(run_dir: Path, cases: list[HeldOutCase]) -> dict:
         volume += predicted.sum() + (truth > 0).sum()
     detection = detection_scores(matches)
     return {
-        "segmentation_f1": f1(*totals),
+        "segmentation_f1": f1_from_counts(*totals),
         "segmentation_tp_fp_fn": totals.tolist(),
         "detection_f1": detection.f1,
         "detection_precision": detection.precision,
