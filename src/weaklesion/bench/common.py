@@ -350,7 +350,9 @@ class UnitProgress:
     """Progress over an experiment's units, shown on a rich console.
 
     Use as a context manager; :meth:`start` names the unit being worked on and
-    :meth:`done` counts it (finished units read back count at once).
+    :meth:`done` counts it (finished units read back count at once). On a terminal this
+    is a live progress bar; on any other console (a log file), one line per
+    :meth:`start`, with the units done and the time elapsed.
 
     Parameters
     ----------
@@ -371,6 +373,10 @@ class UnitProgress:
             TimeElapsedColumn,
         )
 
+        self._console, self._total, self._title = console, total, title
+        self._lines = console is not None and not console.is_terminal
+        self._done = 0
+        self._started = time.perf_counter()
         self._progress = Progress(
             TextColumn(f"[bold]{title}"),
             BarColumn(),
@@ -378,7 +384,7 @@ class UnitProgress:
             TimeElapsedColumn(),
             TextColumn("{task.description}"),
             console=console,
-            disable=console is None,
+            disable=console is None or self._lines,
         )
         self._task = self._progress.add_task("", total=total)
 
@@ -392,7 +398,16 @@ class UnitProgress:
     def start(self, label: str) -> None:
         """Show the unit now being worked on."""
         self._progress.update(self._task, description=label)
+        if self._lines:
+            elapsed = time.strftime("%H:%M:%S", time.gmtime(time.perf_counter() - self._started))
+            self._console.print(
+                f"{self._title} [{self._done}/{self._total} {elapsed}] {label}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
 
     def done(self) -> None:
         """Count one unit as finished."""
+        self._done += 1
         self._progress.advance(self._task)
