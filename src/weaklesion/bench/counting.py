@@ -124,7 +124,9 @@ class CountingSettings:
     epochs, count_warmup_epochs, count_ramp_epochs : int
         Training schedule of every model (warm-up and ramp: multi-task models only).
     lr : float
-        Adam learning rate (batches of one volume).
+        Adam learning rate (batches of two volumes).
+    positive_weight : float
+        Weight of lesion voxels in the segmentation BCE.
     low_data_fraction : float
         Fraction of the training volumes of the low-data regime.
     low_data_epoch_factor : int
@@ -145,6 +147,7 @@ class CountingSettings:
     count_warmup_epochs: int
     count_ramp_epochs: int
     lr: float
+    positive_weight: float
     low_data_fraction: float
     low_data_epoch_factor: int
     attack_images: int
@@ -162,8 +165,9 @@ SETTINGS = {
         count_warmup_epochs=10,
         count_ramp_epochs=5,
         lr=3e-3,
+        positive_weight=10.0,
         low_data_fraction=0.1,
-        low_data_epoch_factor=5,
+        low_data_epoch_factor=4,
         attack_images=12,
         attack_steps=20,
         mc_samples=10,
@@ -177,6 +181,7 @@ SETTINGS = {
         count_warmup_epochs=1,
         count_ramp_epochs=1,
         lr=3e-3,
+        positive_weight=10.0,
         low_data_fraction=0.1,
         low_data_epoch_factor=2,
         attack_images=2,
@@ -435,7 +440,8 @@ def _train_config(method: str, regime: str, seed: int, settings: CountingSetting
         "count_ramp_epochs": settings.count_ramp_epochs * factor,
         "max_count": MAX_COUNT,
         "lr": settings.lr,
-        "batch_size": 1,
+        "batch_size": 2,
+        "positive_weight": settings.positive_weight,
         "seed": seed,
         "num_threads": 1,
         "device": "cpu",
