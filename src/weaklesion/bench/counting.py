@@ -46,7 +46,6 @@ over seeds.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -1018,19 +1017,3 @@ def _report(out: Path, name: str, settings: CountingSettings) -> dict:
     write_text(out / "tables.md", counting_tables(results))
     _plots(results, out)
     return results
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m weaklesion.bench.counting --out DIR [--seeds N] [--quick]``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--methods", default=None, help="comma-separated, default all")
-    args = parser.parse_args(argv)
-    methods = None if args.methods is None else args.methods.split(",")
-    run_counting(args.out, quick=args.quick, seeds=args.seeds, methods=methods, console=Console())
-
-
-if __name__ == "__main__":
-    main()
