@@ -632,10 +632,9 @@ class _Experiment:
     recipe_dropout: float
     match_distance: float
 
-    def model_name(self, kind: str, sigma: float | None = None) -> str:
-        if kind != "heatmap":
-            return kind
-        return _heatmap_name(self.recipe_sigma if sigma is None else sigma)
+    def model_name(self, kind: str) -> str:
+        """The run of a table row's model: the heatmap of the recipe's sigma."""
+        return _heatmap_name(self.recipe_sigma) if kind == "heatmap" else kind
 
     def model_config(self, name: str, seed: int):
         from weaklesion.training import load_config
@@ -653,7 +652,8 @@ class _Experiment:
         return self.work / "runs" / "_".join(str(k) for k in keys)
 
 
-def _training_record(run_dir: Path, config, threads: int) -> dict[str, Any]:
+def _training_record(run_dir: Path, config) -> dict[str, Any]:
+    """The run's configuration, best epoch and training time (epochs' wall clock, summed)."""
     record = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     return {
@@ -666,7 +666,7 @@ def _training_record(run_dir: Path, config, threads: int) -> dict[str, Any]:
         "train_seconds": float(
             sum(epoch.get("seconds", 0.0) + (epoch.get("val_seconds") or 0.0) for epoch in history)
         ),
-        "torch_threads_last": threads,
+        "torch_threads_last": config.num_threads,
         "machine": machine(),
     }
 
@@ -682,7 +682,7 @@ def _train_model(run: _Experiment, name: str, seed: int) -> dict[str, Any]:
         return {
             "model": name,
             "seed": seed,
-            **_training_record(run_dir, config, config.num_threads),
+            **_training_record(run_dir, config),
         }
 
     return run_unit(unit_path(run.out, "train", name, f"seed{seed}"), compute)
@@ -849,7 +849,7 @@ def _transfer(
         split = test()
         maps = [predict_image(model, image, "segmentation").map for image in split.images]
         scores = segmentation_scores(maps, split.instances, split.points, run.match_distance)
-        record = _training_record(run_dir, config, config.num_threads)
+        record = _training_record(run_dir, config)
         return {
             "source": source,
             "mask_fraction": fraction,
