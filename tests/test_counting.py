@@ -500,3 +500,13 @@ def test_bad_input_raises_one_line_error(call, message):
     with pytest.raises(ValueError, match=message) as error:
         call()
     assert "\n" not in str(error.value)
+
+
+def test_count_statistics_accepts_a_softmax_rounded_above_one():
+    pmf = torch.softmax(torch.tensor([-50.0, 6.0], dtype=torch.float64), dim=0).numpy()
+    pmf[1] = np.nextafter(1.0, 2.0)  # one ulp above 1, as a softmax can round
+    stats = count_statistics(pmf)
+    assert stats.mode == 1 and stats.mean == pytest.approx(1.0)
+    assert stats.pmf.max() <= 1.0
+    with pytest.raises(ValueError, match="pmf: values range"):
+        count_statistics(np.array([-0.01, 1.01]))

@@ -412,6 +412,10 @@ def _smallest_interval(pmf: np.ndarray, credible: float) -> np.ndarray:
     return np.concatenate((best, np.take_along_axis(upper, best, axis=-1)), axis=-1)
 
 
+# Pmf values this far outside [0, 1] are taken as rounding errors and clipped.
+PMF_ROUNDING = 1e-9
+
+
 def count_statistics(pmf: ArrayLike, credible: float = 0.95) -> CountDistribution:
     """Mean, mode, variance, entropy and credible interval of count pmfs.
 
@@ -448,7 +452,10 @@ def count_statistics(pmf: ArrayLike, credible: float = 0.95) -> CountDistributio
     values = np.asarray(_numpy_values(pmf), dtype=np.float64)
     if values.ndim < 1 or values.shape[-1] == 0:
         raise ValueError(f"pmf: has shape {values.shape}; expected (..., C) with C >= 1")
-    check_probabilities(values, "pmf")
+    # A softmax in floating point can exceed 1 (or fall below 0) by a rounding error.
+    outside = (values < -PMF_ROUNDING) | (values > 1 + PMF_ROUNDING)
+    check_probabilities(np.where(outside, values, np.clip(values, 0.0, 1.0)), "pmf")
+    values = np.clip(values, 0.0, 1.0)
     total = values.sum(axis=-1)
     if np.any(np.abs(total - 1) > 1e-4):
         worst = float(total.flat[np.argmax(np.abs(total - 1))])
