@@ -225,7 +225,8 @@ def test_tables_and_numbers_come_from_the_unit_files(tmp_path):
     assert "| gpunet | regression | 1 | 12.0 (12–12) | 1 | 7.0 | 6.0 |" in markdown
     summary = mnist.write_mnist_report(tmp_path)
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))
-    assert len(summary["figures"]) == 10 + 2  # every digit (regression), grad on 4 and 7 twice
+    # One figure per digit and objective; Grad joins the regression figures of 4 and 7.
+    assert len(summary["figures"]) == 10 * 2
 
 
 def test_a_converged_training_is_not_trained_again(tmp_path, monkeypatch):
