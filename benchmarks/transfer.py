@@ -10,8 +10,10 @@ segmentation network on a few masks. Here:
    demo's recipe (``src/weaklesion/configs/demo.toml``) when it exists, else a 5-level
    U-Net of widths (8, 16, 32, 64, 128) with the default heatmap objective; the best
    validation epoch (detection F1 of Gaussian fitting on the validation points) is kept.
-3. For each seed, the masks of 1 % of the 36 training cases (at least one: one case,
-   drawn with the seed) train a segmentation model (weighted BCE, learning rate 3e-3,
+3. For each seed, the masks of 1 % of the training cases that hold at least one lesion
+   (at least one case: one case, drawn with the seed; a lesion-free mask alone teaches
+   a segmentation model nothing, and annotators spending 1 % of the effort would not
+   outline an empty scan) train a segmentation model (weighted BCE, learning rate 3e-3,
    random 32^3 patches, a third of them on a lesion, dropout 0.1 for MC dropout) for
    the same number of epochs (one step each), in two arms: from the heatmap weights,
    whole network (``finetune``), or from a random initialisation with otherwise the same
@@ -78,7 +80,7 @@ SETTINGS = {
     "full": {
         "n_cases": 48,
         "shape": (32, 64, 64),
-        "heatmap_epochs": 4,
+        "heatmap_epochs": None,  # the recipe's
         "segmentation_epochs": 40,
         "segmentation_patch": [32, 32, 32],
         "seeds": (0, 1, 2),
@@ -213,6 +215,16 @@ def segmentation_arms(source: Path, datalist: Path, work: Path, seed: int, setti
     return runs
 
 
+def lesion_cases_only(datalist: Path) -> Path:
+    """A copy of a datalist without its lesion-free cases (``DATA/training_lesions.json``)."""
+    description = json.loads(datalist.read_text(encoding="utf-8"))
+    description["training"] = [case for case in description["training"] if case["points"]]
+    path = datalist.with_name("training_lesions.json")
+    with atomic_write(path, "w", encoding="utf-8") as handle:
+        json.dump(description, handle, indent=2)
+    return path
+
+
 def _train_cases(run_dir: Path) -> list[str]:
     return list(load_checkpoint(run_dir / "last.pt")["info"]["train_cases"])
 
@@ -233,10 +245,11 @@ def main(quick: bool = False, work: Path | None = None) -> dict:
         recipe = "demo.toml" if DEMO_CONFIG.exists() and not quick else "fallback"
         overrides = {
             "labels": "points",
-            "epochs": settings["heatmap_epochs"],
             "num_threads": THREADS,
             "device": "cpu",
         }
+        if settings["heatmap_epochs"] is not None:
+            overrides["epochs"] = settings["heatmap_epochs"]
         if recipe == "fallback":
             overrides["model_kwargs.features"] = settings["features"]
         config = load_config(DEMO_CONFIG if recipe == "demo.toml" else None, overrides)
@@ -262,7 +275,7 @@ def main(quick: bool = False, work: Path | None = None) -> dict:
             "seconds": heatmap_seconds,
         }
 
-        datalist = training_datalist(data)
+        datalist = lesion_cases_only(training_datalist(data))
         runs = []
         for seed in settings["seeds"]:
             arms = segmentation_arms(source, datalist, work, seed, settings)
@@ -329,6 +342,7 @@ def main(quick: bool = False, work: Path | None = None) -> dict:
             "segmentation_patch_size": settings["segmentation_patch"],
             "segmentation_dropout": SEGMENTATION_DROPOUT,
             "mask_fraction": MASK_FRACTION,
+            "mask_pool": "training cases with at least one lesion",
             "segmentation_validation": "none (no validation masks); last epoch evaluated",
             "seeds": list(settings["seeds"]),
             "match_distance_voxels": MATCH_DISTANCE,
