@@ -49,3 +49,27 @@ def test_end_to_end_demo_writes_a_complete_report(tmp_path):
     assert set(written["counts"]) == set(written["cases"])
     for case in written["counts"].values():
         assert abs(sum(case["pmf"]) - 1.0) < 1e-9
+
+
+def test_demo_command_prints_the_planted_table_then_runs_the_end_to_end_demo(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import weaklesion.demo as demos
+    from weaklesion.cli import app
+
+    calls = []
+
+    def planted(seed=0, **_):
+        calls.append(("planted", seed))
+
+    def end_to_end(out, seed=0, **_):
+        calls.append(("end_to_end", seed))
+
+    monkeypatch.setattr(demos, "run_post_processing_demo", planted)
+    monkeypatch.setattr(demos, "run_demo", end_to_end)
+    runner = CliRunner()
+    assert runner.invoke(app, ["demo", "--out", str(tmp_path), "--seed", "3"]).exit_code == 0
+    assert calls == [("planted", 3), ("end_to_end", 3)]
+    calls.clear()
+    assert runner.invoke(app, ["demo", "--post-processing-only"]).exit_code == 0
+    assert calls == [("planted", 0)]

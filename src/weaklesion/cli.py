@@ -160,17 +160,17 @@ def demo(
 ) -> None:
     """Run the whole method on the built-in phantom and write a report folder.
 
-    Synthesise a phantom, train a heatmap model from points only, predict the held-out
-    cases, fit Gaussians, count, evaluate against the planted truth and write metrics,
-    detections and figures to OUT.
+    First score the detectors and counters on lesions planted in synthetic maps (a few
+    seconds); then synthesise a phantom, train a heatmap model from points only, predict
+    the held-out cases, fit Gaussians, count, evaluate against the planted truth and
+    write metrics, detections and figures to OUT.
 
     Example: weaklesion demo --out demo-output
     """
     from weaklesion import demo as demos
 
-    if post_processing_only:
-        demos.run_post_processing_demo(seed=seed)
-    else:
+    demos.run_post_processing_demo(seed=seed)
+    if not post_processing_only:
         demos.run_demo(out, seed=seed)
 
 
