@@ -51,7 +51,7 @@ from weaklesion.inference import predict_image
 from weaklesion.io import read_image, write_json
 from weaklesion.metrics import detection_scores, match_points, match_to_regions
 from weaklesion.training import load_config, load_run
-from weaklesion.training.data import sigma_voxels
+from weaklesion.training.data import fit_sigma_voxels
 
 RESULTS = Path(__file__).parent / "results" / "demo_recipe.json"
 SEEDS = (0, 1, 2)
@@ -152,7 +152,7 @@ def _extended_test(run_dir: Path, seed: int, threshold: float) -> dict[str, floa
     for index in range(EXTRA_TEST_FIRST, EXTRA_TEST_FIRST + EXTRA_TEST_CASES):
         case = make_phantom_case((seed, index))
         heatmap = predict_image(model, zscore(case.image), "heatmap", scale=info["heatmap_scale"])
-        found = fit_gaussians(heatmap.map, sigma_voxels(config, case.spacing))
+        found = fit_gaussians(heatmap.map, fit_sigma_voxels(config, case.spacing))
         kept = found[found.scores >= threshold]
         point_matches.append(match_points(kept.points, case.points, config.match_distance))
         region_matches.append(match_to_regions(kept.points, case.instances))

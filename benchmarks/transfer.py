@@ -69,7 +69,7 @@ from weaklesion.io import affine_spacing, atomic_write
 from weaklesion.metrics import accuracy_by_certainty, detection_scores, match_points
 from weaklesion.training import load_config, load_run, train
 from weaklesion.training.checkpoint import load_checkpoint
-from weaklesion.training.data import sigma_voxels
+from weaklesion.training.data import fit_sigma_voxels
 from weaklesion.training.finetune import finetune
 from weaklesion.uncertainty import lesion_entropy, mc_dropout_lesion_uncertainty
 
@@ -162,7 +162,8 @@ def heatmap_detections(run_dir: Path, cases: list[HeldOutCase]):
     found = []
     for case in cases:
         heatmap = predict_image(model, case.image, "heatmap", scale=info["heatmap_scale"]).map
-        found.append(fit_gaussians(heatmap, sigma_voxels(config, case.spacing)).above(threshold))
+        fitted = fit_gaussians(heatmap, fit_sigma_voxels(config, case.spacing))
+        found.append(fitted.above(threshold))
     return found, threshold
 
 

@@ -335,6 +335,28 @@ def test_validation_of_a_perfect_heatmap_is_f1_one(phantom):
     assert metrics["f1"] == 1.0 and metrics["count_mae"] < 0.05
 
 
+def test_validation_fits_gaussians_of_fit_sigma(phantom, monkeypatch):
+    import weaklesion.detection as detection
+
+    widths = []
+    fit = detection.fit_gaussians
+
+    def recording(heatmap, sigma, **kwargs):
+        widths.append(np.asarray(sigma).tolist())
+        return fit(heatmap, sigma, **kwargs)
+
+    monkeypatch.setattr(detection, "fit_gaussians", recording)
+    config = tiny_config("points", spatial_dims=3, sigma=1.0, fit_sigma=2.0)
+    _, val_cases, _ = load_training_cases(phantom, config)
+    scale = heatmap_scale([1.0] * 3)
+    # Peaks twice as wide as the targets: fitted at the target's width, each would leave
+    # a shoulder; fitted at fit_sigma, each is one lesion of amplitude 1.
+    maps = [gaussian_heatmap(c.points, c.image.shape[1:], 2.0) * scale for c in val_cases]
+    metrics = validate(Oracle(maps), val_cases, config, scale)
+    assert widths == [[2.0, 2.0, 2.0]] * len(val_cases)
+    assert metrics["f1"] == 1.0
+
+
 def test_validation_of_perfect_masks_is_dice_one(phantom):
     config = tiny_config("masks", spatial_dims=3)
     _, val_cases, _ = load_training_cases(phantom, config)

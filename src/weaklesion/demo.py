@@ -297,7 +297,7 @@ def run_demo(
     from weaklesion.inference import predict_image
     from weaklesion.metrics import evaluate_detections
     from weaklesion.training import load_config, load_run, train
-    from weaklesion.training.data import sigma_voxels
+    from weaklesion.training.data import fit_sigma_voxels
 
     console = console or Console()
     out = Path(out)
@@ -325,7 +325,7 @@ def run_demo(
         prediction = predict_image(
             model, zscore(arrays.image), config.target, scale=info["heatmap_scale"]
         )
-        fitted = fit_gaussians(prediction.map, sigma_voxels(config, spacing[case.id]))
+        fitted = fit_gaussians(prediction.map, fit_sigma_voxels(config, spacing[case.id]))
         found[case.id] = fitted
         maps[case.id] = (arrays.image[0], prediction.map)
         # The fitted amplitudes are existence probabilities, so the lesion count is

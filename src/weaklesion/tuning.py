@@ -545,7 +545,7 @@ def tune_operating_point(
     from weaklesion.data.dataset import load_dataset
     from weaklesion.detection import component_detections, fit_gaussians, peak_detections
     from weaklesion.training.checkpoint import load_run
-    from weaklesion.training.data import sigma_voxels
+    from weaklesion.training.data import fit_sigma_voxels
 
     run_dir = Path(run_dir)
     checkpoint = run_dir / f"{which}.pt" if which in ("best", "last") else Path(which)
@@ -575,13 +575,13 @@ def tune_operating_point(
 
     if config.target == "heatmap":
         fits = [
-            fit_gaussians(p.map, sigma_voxels(config, spacing), max_lesions=max_lesions)
+            fit_gaussians(p.map, fit_sigma_voxels(config, spacing), max_lesions=max_lesions)
             for p, spacing in predictions
         ]
         curve = threshold_sweep(
             [(f.points, f.scores) for f in fits], truth_points, limit, candidates, spacings
         )
-        sigma = [sigma_voxels(config, spacing).tolist() for _, spacing in predictions]
+        sigma = [fit_sigma_voxels(config, spacing).tolist() for _, spacing in predictions]
         detector = {"name": "fit_gaussians", "sigma_voxels": sigma, "max_lesions": max_lesions}
     elif config.target == "count":
         peaks = [peak_detections(p.map, size=nms_size) for p, _ in predictions]

@@ -721,7 +721,7 @@ def _evaluate_model(run: _Experiment, kind: str, seed: int, splits) -> dict[str,
     """Every result that comes from one model of the table: its rows, and Table 2's part."""
     from weaklesion.detection import fit_gaussians
     from weaklesion.training import load_run
-    from weaklesion.training.data import sigma_voxels
+    from weaklesion.training.data import fit_sigma_voxels
 
     name = run.model_name(kind)
     rows = [row for row, (model_kind, _) in ROW_MODELS.items() if model_kind == kind]
@@ -731,7 +731,7 @@ def _evaluate_model(run: _Experiment, kind: str, seed: int, splits) -> dict[str,
         model, config, info = load_run(run.run_dir(name, f"seed{seed}"))
         maps = {"validation": _predict(model, config, info, validation)}
         maps["test"] = _predict(model, config, info, test)
-        sigma = sigma_voxels(config, validation.spacing[0])
+        sigma = fit_sigma_voxels(config, validation.spacing[0])
         peak_scale = float(info["heatmap_scale"]) if kind == "heatmap" else 1.0
         result: dict[str, Any] = {"model": name, "seed": seed, "best_epoch": info["epoch"]}
         test_fits = None

@@ -68,7 +68,14 @@ class TrainConfig:
         Standard deviation of the heatmap Gaussians, and the distance scale of the
         distance-map targets, in ``sigma_units``.
     sigma_units : {"voxels", "mm"}
-        ``"mm"`` divides ``sigma`` by the dataset's voxel spacing per axis.
+        ``"mm"`` divides ``sigma`` (and ``fit_sigma``) by the dataset's voxel spacing
+        per axis.
+    fit_sigma : float or None
+        Standard deviation, in ``sigma_units``, of the Gaussians fitted to predicted
+        heatmaps (validation, tuning, the demo); None uses ``sigma``. A trained network's
+        peaks are a little wider than its targets, most of all on large lesions; a
+        Gaussian fitted narrower than the peak leaves a shoulder that becomes a second,
+        false lesion.
     geodesic_weight : float
         Weight in [0, 1] of the intensity term of the geodesic distance target (0 is the
         chamfer distance of the voxel grid, 1 intensity change only).
@@ -162,6 +169,7 @@ class TrainConfig:
     spatial_dims: int | None = None
     sigma: float = 1.0
     sigma_units: str = "voxels"
+    fit_sigma: float | None = None
     geodesic_weight: float = 0.5
     foreground_weight: float = 21.0
     foreground_threshold: float = 0.05

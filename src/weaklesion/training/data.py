@@ -9,6 +9,7 @@ every process of a distributed run agree on the order without talking.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Sequence
@@ -284,6 +285,24 @@ def sigma_voxels(config: TrainConfig, spacing: Sequence[float]) -> np.ndarray:
     if config.sigma_units == "mm":
         return config.sigma / spacing
     return np.full(len(spacing), config.sigma)
+
+
+def fit_sigma_voxels(config: TrainConfig, spacing: Sequence[float]) -> np.ndarray:
+    """Width of the Gaussians fitted to predicted heatmaps, per axis in voxels.
+
+    ``config.fit_sigma`` (``config.sigma`` when None), divided by the spacing when the
+    configuration's sigmas are in mm.
+
+    Examples
+    --------
+    >>> fit_sigma_voxels(TrainConfig(sigma=1.5, fit_sigma=1.75), [1.0, 1.0, 2.0]).tolist()
+    [1.75, 1.75, 1.75]
+    >>> config = TrainConfig(sigma=2.0, sigma_units="mm")
+    >>> fit_sigma_voxels(config, [1.0, 1.0, 2.0]).tolist()
+    [2.0, 2.0, 1.0]
+    """
+    fitted = config.sigma if config.fit_sigma is None else config.fit_sigma
+    return sigma_voxels(dataclasses.replace(config, sigma=fitted), spacing)
 
 
 def heatmap_scale(sigma: Sequence[float]) -> float:

@@ -74,6 +74,7 @@ from weaklesion.training.data import (
     TrainingCase,
     collate,
     epoch_batches,
+    fit_sigma_voxels,
     heatmap_scale,
     load_training_cases,
     sigma_voxels,
@@ -228,7 +229,7 @@ def validate(
 
         fits = [
             fit_gaussians(
-                p.map, sigma_voxels(config, case.spacing), max_lesions=VALIDATION_MAX_LESIONS
+                p.map, fit_sigma_voxels(config, case.spacing), max_lesions=VALIDATION_MAX_LESIONS
             )
             for p, case in zip(predictions, cases, strict=True)
         ]
