@@ -59,11 +59,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from weaklesion.bench.points import f1_from_counts, overlap_matches, training_datalist
+from weaklesion.bench.points import segmentation_scores, training_datalist
 from weaklesion.data.dataset import load_dataset
 from weaklesion.data.normalize import zscore
 from weaklesion.data.phantom import write_phantom_dataset
-from weaklesion.detection import component_detections, fit_gaussians
+from weaklesion.detection import fit_gaussians
 from weaklesion.inference import predict_image
 from weaklesion.io import affine_spacing, atomic_write
 from weaklesion.metrics import accuracy_by_certainty, detection_scores, match_points
@@ -134,25 +134,15 @@ def held_out_cases(data: Path) -> list[HeldOutCase]:
 def evaluate_segmentation(run_dir: Path, cases: list[HeldOutCase]) -> dict:
     """Test scores of a segmentation run's last epoch (see the module notes)."""
     model, _, _ = load_run(run_dir, "last")
-    totals = np.zeros(3, dtype=int)
-    matches, intersection, volume = [], 0.0, 0.0
-    for case in cases:
-        probability = predict_image(model, case.image, "segmentation").map
-        predicted, truth = probability > 0.5, case.instances
-        totals += overlap_matches(predicted, truth)
-        found = component_detections(probability, 0.5)
-        matches.append(match_points(found.points, case.points, MATCH_DISTANCE))
-        intersection += np.logical_and(predicted, truth > 0).sum()
-        volume += predicted.sum() + (truth > 0).sum()
-    detection = detection_scores(matches)
-    return {
-        "segmentation_f1": f1_from_counts(*totals),
-        "segmentation_tp_fp_fn": totals.tolist(),
-        "detection_f1": detection.f1,
-        "detection_precision": detection.precision,
-        "detection_recall": detection.recall,
-        "dice": float(2 * intersection / volume) if volume else 1.0,
-    }
+    probabilities = [predict_image(model, c.image, "segmentation").map for c in cases]
+    return segmentation_scores(
+        probabilities,
+        [c.instances for c in cases],
+        [c.points for c in cases],
+        MATCH_DISTANCE,
+        threshold=0.5,
+        location="max",
+    )
 
 
 def heatmap_detections(run_dir: Path, cases: list[HeldOutCase]):

@@ -512,6 +512,7 @@ def segmentation_scores(
     points: Sequence[np.ndarray],
     match_distance: float,
     threshold: float = SEGMENTATION_THRESHOLD,
+    location: str = "center_of_mass",
 ) -> dict[str, Any]:
     """Segmentation F1 by overlap, detection F1 and Dice of probability maps cut at a threshold.
 
@@ -527,14 +528,16 @@ def segmentation_scores(
         Largest distance of a detection match, voxels.
     threshold : float
         Voxels strictly above it are lesion.
+    location : {"center_of_mass", "max"}
+        Where a component is detected (see :func:`weaklesion.detection.component_detections`).
 
     Returns
     -------
     dict
         ``segmentation_f1`` (components matched to lesions by overlap, pooled counts in
         ``segmentation_tp_fp_fn``), ``detection_f1``, ``detection_precision``,
-        ``detection_recall`` (each component's centre of mass within ``match_distance``
-        of a true centre) and ``dice`` (pooled over cases).
+        ``detection_recall`` (each component's ``location`` within ``match_distance`` of
+        a true centre) and ``dice`` (pooled over cases).
     """
     from weaklesion.detection import component_detections
     from weaklesion.metrics import detection_scores, match_points
@@ -544,7 +547,7 @@ def segmentation_scores(
     for probability, truth, centres in zip(probabilities, instances, points, strict=True):
         predicted = probability > threshold
         totals += overlap_matches(predicted, truth)
-        found = component_detections(probability, threshold, location="center_of_mass")
+        found = component_detections(probability, threshold, location=location)
         matches.append(match_points(found.points, centres, match_distance))
         intersection += np.logical_and(predicted, truth > 0).sum()
         volume += predicted.sum() + (truth > 0).sum()
