@@ -16,7 +16,7 @@ from weaklesion.data.phantom import write_phantom_dataset
 from weaklesion.inference import predict_image
 from weaklesion.targets import gaussian_heatmap
 from weaklesion.training import TrainConfig, load_config, load_run, save_config, train
-from weaklesion.training.checkpoint import load_checkpoint, save_checkpoint
+from weaklesion.training.checkpoint import build_model_for, load_checkpoint, save_checkpoint
 from weaklesion.training.data import (
     LesionDataset,
     TrainingCase,
@@ -25,7 +25,7 @@ from weaklesion.training.data import (
     heatmap_scale,
     load_training_cases,
 )
-from weaklesion.training.loop import learning_rate, validate
+from weaklesion.training.loop import ema_decay_at, learning_rate, update_average, validate
 from weaklesion.training.objectives import (
     count_weight_at,
     foreground_weights,
@@ -576,3 +576,78 @@ def test_interrupted_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     state = load_checkpoint(path)
     assert state["epoch"] == 1 and torch.equal(state["weights"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left
+
+
+# --------------------------------------------------------------------------- weight averaging
+
+
+def test_update_average_is_an_exponential_moving_average():
+    torch.manual_seed(0)
+    average, network = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    before = [p.detach().double().clone() for p in average.parameters()]
+    update_average(average, network, 0.9)
+    for mean, start, value in zip(average.parameters(), before, network.parameters(), strict=True):
+        expected = 0.9 * start + 0.1 * value.detach().double()
+        np.testing.assert_allclose(mean.detach().double(), expected, rtol=1e-6, atol=1e-7)
+    assert [ema_decay_at(0.5, t) for t in (0, 1, 3, 8, 20)] == [0.1, 2 / 11, 4 / 13, 0.5, 0.5]
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig(ema_decay=1.0)
+
+
+def _weights(state):
+    return {k: v.double() for k, v in state.items()}
+
+
+def test_weight_average_of_a_run_against_its_trained_weights(phantom, tmp_path):
+    # One step per epoch (6 training cases, batch 6): the average after epoch t must be
+    # the recursion over the plain run's weights after each epoch, from the initial ones.
+    changes = {"epochs": 3, "batch_size": 6}
+    plain_weights = []
+
+    def keep(epoch, record):
+        plain_weights.append(_weights(load_checkpoint(plain_dir / "last.pt")["model"]))
+
+    plain_dir = tmp_path / "plain"
+    train(tiny_config("points", **changes), phantom, plain_dir, progress=False, on_epoch_end=keep)
+    averaged_dir = tmp_path / "averaged"
+    config = tiny_config("points", ema_decay=0.5, **changes)
+    result = train(config, phantom, averaged_dir, progress=False)
+
+    torch.manual_seed(config.seed)
+    initial = build_model_for(TrainConfig(**{**config.__dict__, "spatial_dims": 3}), 2)
+    expected = _weights(initial.state_dict())
+    for step, weights in enumerate(plain_weights):
+        decay = ema_decay_at(0.5, step)
+        expected = {k: decay * expected[k] + (1 - decay) * weights[k] for k in expected}
+    last = load_checkpoint(averaged_dir / "last.pt")
+    for name, tensor in last["model"].items():
+        np.testing.assert_allclose(tensor.double(), expected[name], rtol=1e-5, atol=1e-6)
+    # averaging does not change what is trained
+    for name, tensor in last["training_model"].items():
+        assert torch.equal(tensor.double(), plain_weights[-1][name]), name
+    assert any(
+        not torch.equal(tensor.double(), plain_weights[-1][name])
+        for name, tensor in last["model"].items()
+    )
+    # the averaged weights are what is validated, saved as best and returned
+    best = load_checkpoint(averaged_dir / "best.pt")
+    model, _, _ = load_run(averaged_dir, "last")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, last["model"][name]), name
+    assert best["epoch"] == result.best_epoch
+    for name, tensor in result.model.state_dict().items():
+        assert torch.equal(tensor, last["model"][name]), name
+
+    # a run killed after one epoch and resumed ends with the same average and weights
+    resumed_dir = tmp_path / "resumed"
+
+    def crash(epoch, record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, phantom, resumed_dir, progress=False, on_epoch_end=crash)
+    train(config, phantom, resumed_dir, resume=True, progress=False)
+    resumed = load_checkpoint(resumed_dir / "last.pt")
+    for key in ("model", "training_model"):
+        for name, tensor in last[key].items():
+            assert torch.equal(tensor, resumed[key][name]), (key, name)

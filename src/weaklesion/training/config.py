@@ -148,6 +148,12 @@ class TrainConfig:
         seed, at least one case (e.g. 0.01 of the masks); the validation cases are kept.
     freeze_encoder : bool
         Train the decoder only: the encoder's parameters keep their initial values.
+    ema_decay : float
+        Decay in [0, 1) of an exponential moving average of the weights, updated after
+        every optimiser step (Polyak averaging; the decay is warmed up as
+        ``min(ema_decay, (1 + t) / (10 + t))`` at step ``t``). With a value above 0 the
+        averaged weights are the ones validated and saved as the model in ``best.pt``
+        and ``last.pt``; 0 (the default) turns averaging off.
     device : {"auto", "cpu", "cuda"}
         ``"auto"`` uses CUDA when it is available.
 
@@ -196,6 +202,7 @@ class TrainConfig:
     init_from: str | None = None
     label_fraction: float = 1.0
     freeze_encoder: bool = False
+    ema_decay: float = 0.0
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -256,6 +263,8 @@ def _check_ranges(config: TrainConfig) -> None:
         raise ValueError(
             f"affine_probability: got {config.affine_probability!r}; expected a value in [0, 1]"
         )
+    if not 0 <= config.ema_decay < 1:
+        raise ValueError(f"ema_decay: got {config.ema_decay!r}; expected a value in [0, 1)")
     if not 0 <= config.val_fraction < 1:
         raise ValueError(f"val_fraction: got {config.val_fraction!r}; expected a value in [0, 1)")
     if config.count_head != "poisson_binomial" and config.labels != "masks+counts":

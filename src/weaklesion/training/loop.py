@@ -42,6 +42,7 @@ keeps a seeded fraction of the training cases (see
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -339,6 +340,35 @@ def _cosine(start: float, end: float, fraction: float) -> float:
     return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * fraction))
 
 
+def ema_decay_at(decay: float, step: int) -> float:
+    """Decay of the weight average at optimiser step ``step`` (0-based), warmed up.
+
+    ``min(decay, (1 + step) / (10 + step))``: early averages forget the random start
+    quickly.
+
+    Examples
+    --------
+    >>> ema_decay_at(0.999, 0), ema_decay_at(0.999, 10_000)
+    (0.1, 0.999)
+    """
+    return min(decay, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def update_average(average: nn.Module, network: nn.Module, decay: float) -> None:
+    """``average <- decay * average + (1 - decay) * network``, parameter by parameter.
+
+    Floating-point buffers are averaged too; others (counters) are copied.
+    """
+    for mean, value in zip(average.parameters(), network.parameters(), strict=True):
+        mean.lerp_(value.detach(), 1.0 - decay)
+    for mean, value in zip(average.buffers(), network.buffers(), strict=True):
+        if mean.is_floating_point():
+            mean.lerp_(value.detach(), 1.0 - decay)
+        else:
+            mean.copy_(value)
+
+
 def _check_resumable(stored: TrainConfig, config: TrainConfig, path: Path) -> None:
     old, new = dataclasses.asdict(stored), dataclasses.asdict(config)
     free = set(RESUMABLE_CHANGES)
@@ -465,12 +495,17 @@ def train(
     if config.freeze_encoder:
         freeze_encoder(network)
     network = network.to(device)
+    average = None
+    if config.ema_decay > 0:
+        average = copy.deepcopy(network).requires_grad_(False)
     trainable = [p for p in network.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=config.lr)
     history: list[dict[str, Any]] = []
     start = 0
     if state is not None:
-        network.load_state_dict(state["model"])
+        network.load_state_dict(state.get("training_model", state["model"]))
+        if average is not None:
+            average.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history, start = list(state["history"]), int(state["epoch"])
         info.update({k: v for k, v in state["info"].items() if k.startswith("best")})
@@ -491,11 +526,12 @@ def train(
             for epoch in range(start, stop):
                 bar.update(task, description=f"epoch {epoch + 1}/{config.epochs}")
                 record = _train_epoch(
-                    model, objective, optimizer, dataset, config, epoch, device, bar, task
+                    model, objective, optimizer, dataset, config, epoch, device, bar, task, average
                 )
                 if writer:
                     record = _end_epoch(
                         network,
+                        average,
                         optimizer,
                         epoch,
                         config,
@@ -516,7 +552,7 @@ def train(
         metric=metric,
         best_value=float(info.get("best_value", math.nan)),
         history=history,
-        model=network.eval(),
+        model=(network if average is None else average).eval(),
     )
 
 
@@ -535,8 +571,12 @@ def _train_epoch(
     device: torch.device,
     bar,
     task,
+    average: nn.Module | None = None,
 ) -> dict[str, Any]:
-    """One epoch of optimisation; returns the epoch's mean logs over all processes."""
+    """One epoch of optimisation; returns the epoch's mean logs over all processes.
+
+    With ``average``, the weight average is updated after every optimiser step.
+    """
     rank, world_size, _ = distributed.world()
     dataset.set_epoch(epoch)
     torch.manual_seed(stream_seed(config.seed, DROPOUT_STREAM, epoch, rank))
@@ -556,6 +596,9 @@ def _train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if average is not None:
+            decay = ema_decay_at(config.ema_decay, epoch * len(batches) + step)
+            update_average(average, getattr(model, "module", model), decay)
         for key, value in logs.items():
             totals[key] = totals.get(key, 0.0) + value * len(indices)
         samples += len(indices)
@@ -571,6 +614,7 @@ def _train_epoch(
 
 def _end_epoch(
     network: nn.Module,
+    average: nn.Module | None,
     optimizer: torch.optim.Optimizer,
     epoch: int,
     config: TrainConfig,
@@ -581,14 +625,19 @@ def _end_epoch(
     scale: float,
     run_dir: Path,
 ) -> dict[str, Any]:
-    """Validate, update the best checkpoint, write last.pt and the logs (rank 0)."""
+    """Validate, update the best checkpoint, write last.pt and the logs (rank 0).
+
+    With a weight ``average``, it is what is validated and saved as the model; last.pt
+    keeps the trained weights as ``"training_model"`` for resuming.
+    """
     metric, mode = info["metric"], info["mode"]
+    model = network if average is None else average
     validating = (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs
     if val_cases and not validating:
         value = None
     elif val_cases:
         started = time.perf_counter()
-        metrics = validate(network, val_cases, config, scale)
+        metrics = validate(model, val_cases, config, scale)
         record.update({f"val_{k}": v for k, v in metrics.items()})
         record["val_seconds"] = time.perf_counter() - started
         value = metrics[metric]
@@ -599,11 +648,12 @@ def _end_epoch(
     if value is not None and _is_better(value, info.get("best_value"), mode):
         info.update(best_epoch=epoch + 1, best_value=value, best_threshold=info.get("threshold"))
         save_checkpoint(
-            run_dir / "best.pt", run_state(network, None, epoch + 1, config, info, history)
+            run_dir / "best.pt", run_state(model, None, epoch + 1, config, info, history)
         )
-    save_checkpoint(
-        run_dir / "last.pt", run_state(network, optimizer, epoch + 1, config, info, history)
-    )
+    last = run_state(model, optimizer, epoch + 1, config, info, history)
+    if average is not None:
+        last["training_model"] = {k: v.detach().cpu() for k, v in network.state_dict().items()}
+    save_checkpoint(run_dir / "last.pt", last)
     _write_history(run_dir / "history.jsonl", history)
     write_json(
         run_dir / "metrics.json",
