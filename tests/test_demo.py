@@ -37,7 +37,7 @@ def test_poisson_binomial_interval_covers_the_true_count():
 def test_end_to_end_demo_writes_a_complete_report(tmp_path):
     report = run_demo(
         tmp_path,
-        n_cases=8,
+        splits=(6, 1, 1),
         console=Console(quiet=True),
         overrides=["epochs=1", "num_threads=1"],
     )

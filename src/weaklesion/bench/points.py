@@ -5,9 +5,9 @@ protocol runs on the 3D phantom (:func:`weaklesion.data.write_phantom_dataset`),
 points, masks and lesion sizes are exact.
 
 Data
-    The demo's phantom: the same training and validation cases as ``weaklesion demo``
-    (75 % and 12.5 % of :data:`weaklesion.demo.DEMO_CASES`), and more held-out test
-    cases (:attr:`PointsSettings.test_cases`) so that the test scores vary less; one
+    The demo's phantom: the same training cases as ``weaklesion demo`` (the first
+    :data:`TRAINING_CASES`), the first :data:`VALIDATION_CASES` of its validation cases,
+    and more held-out test cases (:attr:`PointsSettings.test_cases`); one
     phantom (seed :data:`DATA_SEED`) for every model, seeds vary the training only.
 Models (one set per seed)
     Every model starts from the demo's training recipe (``configs/demo.toml``, read when
@@ -139,6 +139,8 @@ MODEL_CHANGES = {
 }
 MC_DROPOUT = 0.1  # dropout of the segmentation model when the recipe has none
 DATA_SEED = 0
+# Training and validation cases of the phantom (the split of the runs recorded so far).
+TRAINING_CASES, VALIDATION_CASES = 36, 6
 THRESHOLDS = tuple(np.round(np.arange(0.01, 1.0, 0.01), 2).tolist())
 MAX_LESIONS = 100  # most lesions fitted per map (the phantom has at most 12)
 FIT_STOP = 0.01  # amplitude at which the Gaussian fitting stops
@@ -879,7 +881,7 @@ def _check_methods(methods: Sequence[str] | None) -> list[str]:
 def _prepare(out: Path, quick: bool) -> _Experiment:
     """Write (or find) the phantom and the recipe snapshot, and check the settings."""
     from weaklesion.data import write_phantom_dataset
-    from weaklesion.demo import DEMO_CASES, DEMO_CONFIG
+    from weaklesion.demo import DEMO_CONFIG
     from weaklesion.training import load_config, save_config
 
     settings = SETTINGS["quick" if quick else "full"]
@@ -890,8 +892,7 @@ def _prepare(out: Path, quick: bool) -> _Experiment:
     if settings.split is not None:
         split = settings.split
     else:
-        training, validation = round(0.75 * DEMO_CASES), round(0.125 * DEMO_CASES)
-        split = (training, validation, settings.test_cases)
+        split = (TRAINING_CASES, VALIDATION_CASES, settings.test_cases)
     check_settings(
         out,
         {
