@@ -254,9 +254,9 @@ DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.toml"
 DEMO_SPLITS = (36, 12, 24)
 """Phantom cases of the end-to-end demo: training, validation and held-out test cases.
 
-The validation cases choose the best epoch and the existence threshold, so they are
-twice the six a 12.5 % share of 48 cases would give; 24 test cases (about 130 lesions)
-make the reported F1 vary by a few points between phantoms rather than by ten."""
+The 12 validation cases (about 70 lesions) choose the best epoch and the existence
+threshold; the 24 test cases (about 160 lesions) make the reported F1 vary by a few
+points between phantoms, where 6 cases let it vary by ten."""
 
 
 def run_demo(
