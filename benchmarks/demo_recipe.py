@@ -10,9 +10,10 @@ Recorded per seed: F1, precision and recall at the existence threshold tuned on 
 validation cases (a detection is a true positive within 3 voxels of a lesion centre,
 matched one-to-one), that threshold, the epoch it comes from, the F1 of the
 hit-inside-the-lesion-mask rule (for information), and the wall-clock and CPU time of
-each stage. Six test cases hold about 35 lesions, so one seed's F1 moves by several
-points with the cases drawn; each trained model is therefore also scored, at the same
-tuned threshold, on :data:`EXTRA_TEST_CASES` further phantom cases of the same seed that
+each stage. The 24 test cases of :data:`weaklesion.demo.DEMO_SPLITS` hold about 150
+lesions, so one seed's F1 still moves by a few points with the cases drawn; each
+trained model is therefore also scored, at the same tuned threshold, on
+:data:`EXTRA_TEST_CASES` further phantom cases of the same seed that
 the demo never sees (``extended_test``: cases 400-431; the measurements in
 :data:`EARLIER_MEASUREMENTS` used cases 300-331, which also chose ``fit_sigma``, so they
 are not a clean test of it). ``baseline`` is the design notes' measurement
