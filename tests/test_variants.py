@@ -236,7 +236,7 @@ def test_both_count_objectives_train_a_variant(objective):
     optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
     batch = {"image": images, "count": counts}
     first = loss_of(net, batch, 0)[0].item()
-    for _ in range(100):
+    for _ in range(200):
         loss, _ = loss_of(net, batch, 0)
         optimizer.zero_grad()
         loss.backward()

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from weaklesion.models.gpunet import _PooledCount, _two_convs
+from weaklesion.models.gpunet import _PooledCount, _two_convs, he_initialise
 from weaklesion.models.unet import CONVOLUTIONS, MAX_POOLS, check_spatial_dims
 
 __all__ = ["AttentionGate", "GPUNetNoResidual", "TwoScaleGPUNet"]
@@ -102,6 +102,7 @@ class GPUNetNoResidual(_PooledCount):
         self.middle_decoder = _two_convs(spatial_dims, 4 * f + 2 * f, 2 * f)
         self.decoder = _two_convs(spatial_dims, 2 * f + f, f)
         self.regressor = nn.Linear(f, 1)
+        he_initialise(self)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Last feature maps ``(N, filters, *spatial)`` of images ``(N, in_channels, *spatial)``."""
@@ -231,6 +232,7 @@ class TwoScaleGPUNet(_PooledCount):
             AttentionGate(spatial_dims, filters, 2 * filters, filters) if attention_gate else None
         )
         self.regressor = nn.Linear(3 * filters, 1)
+        he_initialise(self)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Both scales at full resolution, ``(N, 3 * filters, *spatial)``: ``[f1, up(f2)]``."""
