@@ -347,3 +347,21 @@ def test_classification_is_selected_from_the_command_line(datasets, tmp_path):
         assert entry["count"] is None
         expected = torch.sigmoid(torch.tensor(values.mean(), dtype=torch.float64)).item()
         assert entry["presence_probability"] == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", COUNT_MODELS)
+def test_count_networks_start_from_he_initialisation(name):
+    # Every convolution and the output unit: weights N(0, 2 / fan_in), biases zero. The
+    # 3D networks with 32 filters hold enough weights per layer to check the spread.
+    net = build_model(name, 3, filters=32)
+    layers = [m for m in net.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.Linear))]
+    assert layers and layers[-1] is net.regressor
+    for layer in layers:
+        fan_in = layer.weight[0].numel()
+        expected = (2.0 / fan_in) ** 0.5
+        if layer.weight.numel() >= 2000:
+            assert layer.weight.std().item() == pytest.approx(expected, rel=0.1)
+            assert abs(layer.weight.mean().item()) < 0.1 * expected
+        assert layer.weight.abs().max().item() > 0
+        if layer.bias is not None:
+            assert torch.count_nonzero(layer.bias) == 0
