@@ -81,22 +81,32 @@ def brute_force_scores(maps, cells, counts, nms_size, max_fp):
         hits = len(labels - {0})
         return hits, len(points) - hits
 
-    curve = []
-    for n in range(max(len(p) for p in peaks) + 1):
-        hits, fps = zip(*(kept(i, n) for i in range(len(maps))), strict=True)
-        curve.append((sum(fps) / len(maps), sum(hits) / sum(len(t) for t in targets)))
-    area, (last_fp, last_sensitivity) = 0.0, (0.0, 0.0)
-    for fp, sensitivity in curve:
-        area += (min(fp, max_fp) - min(last_fp, max_fp)) * last_sensitivity
-        last_fp, last_sensitivity = fp, max(sensitivity, last_sensitivity)
-    area += max(max_fp - last_fp, 0) * last_sensitivity
+    def point(numbers_kept):
+        hits, fps = zip(*(kept(i, n) for i, n in enumerate(numbers_kept)), strict=True)
+        return sum(fps) / len(maps), sum(hits) / sum(len(t) for t in targets)
+
+    def area(curve):
+        total, (last_fp, last_sensitivity) = 0.0, (0.0, 0.0)
+        for fp, sensitivity in curve:
+            total += (min(fp, max_fp) - min(last_fp, max_fp)) * last_sensitivity
+            last_fp, last_sensitivity = fp, max(sensitivity, last_sensitivity)
+        return (total + max(max_fp - last_fp, 0) * last_sensitivity) / max_fp
+
+    by_rank = [point([n] * len(maps)) for n in range(max(len(p) for p in peaks) + 1)]
+    # By threshold: every image keeps its maxima at or above t, t running down all scores.
+    thresholds = sorted({s for p in peaks for s in p.scores.tolist()}, reverse=True)
+    by_threshold = [point([int((p.scores >= t).sum()) for p in peaks]) for t in thresholds]
     at = [kept(i, max(int(np.floor(c + 0.5)), 0)) for i, c in enumerate(counts)]
     tp = np.array([hits for hits, _ in at])
-    return area / max_fp, {
-        "sensitivity": tp.sum() / sum(len(t) for t in targets),
-        "fp_per_image": np.mean([fps for _, fps in at]),
-        "fn_per_image": np.mean([len(t) for t in targets] - tp),
-    }
+    return (
+        area(by_rank),
+        area(by_threshold),
+        {
+            "sensitivity": tp.sum() / sum(len(t) for t in targets),
+            "fp_per_image": np.mean([fps for _, fps in at]),
+            "fn_per_image": np.mean([len(t) for t in targets] - tp),
+        },
+    )
 
 
 def test_scores_equal_a_brute_force_count_over_the_kept_maxima():
@@ -106,8 +116,10 @@ def test_scores_equal_a_brute_force_count_over_the_kept_maxima():
     maps = rng.random(cells.shape) + 0.5 * (cells > 0)
     counts = rng.uniform(-0.6, 5.0, len(maps))
     result = mnist.score_attention(maps, cells, counts, nms_size=6, max_fp=5.0, n_boot=50)
-    fauc, at_count = brute_force_scores(maps, cells, counts, 6, 5.0)
+    fauc, fauc_threshold, at_count = brute_force_scores(maps, cells, counts, 6, 5.0)
     assert result["fauc"]["estimate"] == pytest.approx(fauc, abs=1e-12)
+    assert result["fauc_threshold"]["estimate"] == pytest.approx(fauc_threshold, abs=1e-12)
+    assert fauc_threshold != pytest.approx(fauc, abs=1e-3)
     assert result["at_count"] == pytest.approx(at_count, abs=1e-12)
     assert result["fauc"]["low"] <= fauc <= result["fauc"]["high"]
 
@@ -125,11 +137,25 @@ def test_maxima_on_the_targets_score_one_and_maxima_elsewhere_zero():
     on_targets = np.stack([centres(t) for t in is_target])
     elsewhere = np.stack([centres(~t) for t in is_target])
     perfect = mnist.score_attention(on_targets, cells, [1, 1, 1, 1], n_boot=20)
-    assert perfect["fauc"]["estimate"] == 1.0
+    assert perfect["fauc"]["estimate"] == perfect["fauc_threshold"]["estimate"] == 1.0
     assert perfect["at_count"]["fp_per_image"] == 0.0
     assert perfect["at_count"]["fn_per_image"] == 0.25  # image 0 has two targets
     wrong = mnist.score_attention(elsewhere, cells, None, n_boot=20)
     assert wrong["fauc"]["estimate"] < 0.3 and "at_count" not in wrong
+    assert wrong["fauc_threshold"]["estimate"] < 0.3
+
+
+def test_a_weak_maximum_in_an_empty_image_costs_only_the_rank_froc():
+    # Image 0: its target cell peaks at 1; image 1 holds no target, its one maximum is 0.1.
+    cells = np.zeros((2, 28, 56), dtype=np.int32)
+    cells[0, :, :28] = 1
+    maps = np.zeros((2, 28, 56))
+    maps[0, 14, 14], maps[1, 14, 42] = 1.0, 0.1
+    result = mnist.score_attention(maps, cells, n_boot=10)
+    # By rank, n = 1 keeps image 1's maximum too: sensitivity 1 only from 0.5 FP/image.
+    assert result["fauc"]["estimate"] == pytest.approx(0.9)
+    # A common threshold between 0.1 and 1 keeps the hit alone.
+    assert result["fauc_threshold"]["estimate"] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("method", list(mnist.METHODS))
@@ -171,6 +197,7 @@ def write_evaluation(out, digit, method, objective, fauc, seed=0, at_count=None)
         "objective": objective,
         "seed": seed,
         "fauc": {"estimate": fauc, "low": fauc - 0.02, "high": fauc + 0.01},
+        "fauc_threshold": {"estimate": fauc + 0.05, "low": fauc + 0.03, "high": fauc + 0.06},
         "froc": {"fp_per_image": [0.0, 1.0], "sensitivity": [0.0, fauc]},
     }
     if at_count is not None:
@@ -214,13 +241,27 @@ def test_tables_and_numbers_come_from_the_unit_files(tmp_path):
     assert numbers["average_fauc"]["gpunet/regression"]["fauc_percent"] == pytest.approx(
         100 * average
     )
-    assert f"| average | {100 * average:.1f} | 93.0 | 20.0 |" in markdown
-    assert "| 4 | 92.0 [90.0, 93.0] | 93.0 [91.0, 94.0] | 20.0 [18.0, 21.0] |" in markdown
-    assert numbers["regression_vs_classification"]["gpunet"]["regression_better_on"] == 3
-    # Two seeds of Grad: mean ± std over seeds, no interval.
-    assert "| Grad | regression | 65.0 ± 7.1 | 65.0 ± 7.1 | 65.0 |" in markdown
+    assert numbers["average_fauc"]["gpunet/regression"]["fauc_threshold_percent"] == (
+        pytest.approx(100 * average + 5)
+    )
     assert (
-        "| GP-Unet | regression | 92.0 [90.0, 93.0] | 93.5 [91.5, 94.5] | 92.8 | 96.0" in markdown
+        f"| average | {100 * average:.1f} | {100 * average + 5:.1f} | 93.0 | 98.0 | 20.0 | 25.0 |"
+        in markdown
+    )
+    assert (
+        "| 4 | 92.0 [90.0, 93.0] | 97.0 [95.0, 98.0] | 93.0 [91.0, 94.0] | 98.0 [96.0, 99.0] "
+        "| 20.0 [18.0, 21.0] | 25.0 [23.0, 26.0] |" in markdown
+    )
+    versus = numbers["regression_vs_classification"]["gpunet"]
+    assert versus["regression_better_on"] == versus["regression_better_on_by_threshold"] == 3
+    assert versus["mean_difference_points_by_threshold"] == pytest.approx(
+        versus["mean_difference_points"]
+    )
+    # Two seeds of Grad: mean ± std over seeds, no interval.
+    assert "| Grad | regression | 65.0 ± 7.1 | 65.0 ± 7.1 | 65.0 | 70.0 | — |" in markdown
+    assert (
+        "| GP-Unet | regression | 92.0 [90.0, 93.0] | 93.5 [91.5, 94.5] | 92.8 | 97.8 | 96.0"
+        in markdown
     )
     assert "| gpunet | regression | 1 | 12.0 (12–12) | 1 | 7.0 | 6.0 |" in markdown
     summary = mnist.write_mnist_report(tmp_path)

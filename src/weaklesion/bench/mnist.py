@@ -503,7 +503,9 @@ def score_attention(
     Returns
     -------
     dict
-        ``fauc`` (estimate, low, high: fraction of the area, not %), ``froc``
+        ``fauc`` (estimate, low, high: fraction of the area, not %) of the FROC by rank
+        (the n best maxima of every image, n = 0, 1, ...), ``fauc_threshold`` the same
+        for the FROC by a common threshold on the maxima of all images, ``froc``
         (``fp_per_image`` and ``sensitivity`` of keeping the n best maxima per image,
         up to the first point beyond ``max_fp``), ``n_targets``, ``n_images`` and, with
         ``counts``, ``at_count``: pooled sensitivity and mean false positives and false
@@ -532,11 +534,15 @@ def score_attention(
     fauc = froc_auc_ci(
         scores, hits, n_truth, max_fp, by_rank=True, n_boot=n_boot, seed=seed
     ).to_dict()
+    fauc_threshold = froc_auc_ci(
+        scores, hits, n_truth, max_fp, by_rank=False, n_boot=n_boot, seed=seed
+    ).to_dict()
     curve = froc_by_rank(scores, hits, n_truth)
     beyond = np.flatnonzero(curve.fp_per_image > max_fp)
     end = beyond[0] + 1 if len(beyond) else len(curve.fp_per_image)
     result = {
         "fauc": fauc,
+        "fauc_threshold": fauc_threshold,
         "froc": {
             "fp_per_image": curve.fp_per_image[:end].tolist(),
             "sensitivity": curve.sensitivity[:end].tolist(),
@@ -741,31 +747,35 @@ def run_mnist(
 # --------------------------------------------------------------------------- report
 
 
-def _fauc_estimates(evaluations: list[dict], digit: int, method: str, objective) -> list[float]:
+# The two FAUCs of an evaluation: FROC by rank within each image, and by a common
+# threshold across images.
+FAUCS = {"fauc": "by rank", "fauc_threshold": "by threshold"}
+
+
+def _matching(evaluations: list[dict], digit: int, method: str, objective, field: str):
     return [
-        e["fauc"]["estimate"]
-        for e in evaluations
-        if (e["digit"], e["method"], e["objective"]) == (digit, method, objective)
-    ]
-
-
-def _fauc_cell(evaluations: list[dict], digit: int, method: str, objective) -> str:
-    """FAUC in % with its bootstrap interval (one seed), or mean ± std over seeds."""
-    found = [
         e
         for e in evaluations
-        if (e["digit"], e["method"], e["objective"]) == (digit, method, objective)
+        if (e["digit"], e["method"], e["objective"]) == (digit, method, objective) and field in e
     ]
+
+
+def _fauc_cell(evaluations: list[dict], digit: int, method: str, objective, field="fauc") -> str:
+    """FAUC in % with its bootstrap interval (one seed), or mean ± std over seeds."""
+    found = _matching(evaluations, digit, method, objective, field)
     if len(found) == 1:
-        return format_interval(found[0]["fauc"])
-    return format_mean([e["fauc"]["estimate"] for e in found], scale=100, digits=1)
+        return format_interval(found[0][field])
+    return format_mean([e[field]["estimate"] for e in found], scale=100, digits=1)
 
 
-def _digit_means(evaluations: list[dict], method: str, objective, digits) -> dict[int, float]:
-    """Mean FAUC over seeds for each digit that has one."""
+def _digit_means(
+    evaluations: list[dict], method: str, objective, digits, field: str = "fauc"
+) -> dict[int, float]:
+    """Mean FAUC (``field``) over seeds for each digit that has one."""
     means = {}
     for digit in digits:
-        mean, _, n = mean_and_spread(_fauc_estimates(evaluations, digit, method, objective))
+        found = _matching(evaluations, digit, method, objective, field)
+        mean, _, n = mean_and_spread([e[field]["estimate"] for e in found])
         if n:
             means[digit] = mean
     return means
@@ -807,33 +817,37 @@ def mnist_tables(out: str | os.PathLike) -> tuple[str, dict[str, Any]]:
     digits = sorted({e["digit"] for e in evaluations})
 
     # Table 1: GP-Unet on every digit.
+    columns = [
+        (m, o, f)
+        for m, o in [*(("gpunet", o) for o in OBJECTIVES), ("random", None)]
+        for f in FAUCS
+    ]
     rows = []
     for digit in digits:
-        cells = [_fauc_cell(evaluations, digit, "gpunet", o) for o in OBJECTIVES]
-        if any(cell != "—" for cell in cells):
-            rows.append([digit, *cells, _fauc_cell(evaluations, digit, "random", None)])
+        cells = [_fauc_cell(evaluations, digit, m, o, f) for m, o, f in columns]
+        if any(cell != "—" for cell in cells[:-2]):
+            rows.append([digit, *cells])
     gpunet_digits = [row[0] for row in rows]
-    averages = [_digit_means(evaluations, "gpunet", o, gpunet_digits) for o in OBJECTIVES]
-    chance = _digit_means(evaluations, "random", None, gpunet_digits)
-    rows.append(
-        [
-            "average",
-            *(_average_cell(m, len(gpunet_digits)) for m in averages),
-            _average_cell(chance, len(gpunet_digits)),
-        ]
-    )
+    averages = [_digit_means(evaluations, m, o, gpunet_digits, f) for m, o, f in columns]
+    rows.append(["average", *(_average_cell(m, len(gpunet_digits)) for m in averages)])
     rows.append(
         [
             "paper (MedIA 2020), average",
             f"{PAPER_FAUC['gpunet', 'regression']:.1f}",
-            "not reproduced here",
+            f"{PAPER_FAUC['gpunet', 'regression']:.1f}",
+            *(["not reproduced here"] * 2),
+            "—",
             "—",
         ]
     )
+    header = ["digit"] + [
+        f"{'random maxima' if m == 'random' else o}, {FAUCS[f]}" for m, o, f in columns
+    ]
     sections.append(
         "Table 1. GP-Unet, FAUC (%) per target digit with its 95 % bootstrap interval over "
-        "test images (mean ± std over seeds when there are several).\n\n"
-        + markdown_table(["digit", "regression", "classification", "random maxima"], rows)
+        "test images (mean ± std over seeds when there are several), for the FROC by rank "
+        "(the n highest maxima of every image) and by a common threshold across images.\n\n"
+        + markdown_table(header, rows)
     )
 
     # Table 2: every method on the digits where more than GP-Unet ran.
@@ -844,6 +858,7 @@ def mnist_tables(out: str | os.PathLike) -> tuple[str, dict[str, Any]]:
             "objective",
             *(f"FAUC digit {d}" for d in compared),
             "mean",
+            "mean, by threshold",
             "paper",
             "sensitivity at n",
             "FP / image at n",
@@ -863,6 +878,12 @@ def mnist_tables(out: str | os.PathLike) -> tuple[str, dict[str, Any]]:
                         objective or "—",
                         *(_fauc_cell(evaluations, d, method, objective) for d in compared),
                         _average_cell(means, len(compared)),
+                        _average_cell(
+                            _digit_means(
+                                evaluations, method, objective, compared, "fauc_threshold"
+                            ),
+                            len(compared),
+                        ),
                         "—" if paper is None else f"{paper:.1f} (all digits)",
                         *(
                             _at_count_cell(evaluations, method, compared, f, s)
@@ -878,7 +899,8 @@ def mnist_tables(out: str | os.PathLike) -> tuple[str, dict[str, Any]]:
                 )
         sections.append(
             f"Table 2. Every method on digits {', '.join(map(str, compared))}: FAUC (%) "
-            "with 95 % bootstrap intervals; sensitivity (%) and false positives and "
+            "of the FROC by rank with 95 % bootstrap intervals, and the mean FAUC of the "
+            "FROC by threshold; sensitivity (%) and false positives and "
             "negatives per image when the n = round(predicted count) highest maxima are "
             "kept (regression only: a presence logit is no count), mean over the digits.\n\n"
             + markdown_table(header, rows)
@@ -889,21 +911,40 @@ def mnist_tables(out: str | os.PathLike) -> tuple[str, dict[str, Any]]:
     for method in METHODS:
         method_digits = sorted({e["digit"] for e in evaluations if e["method"] == method})
         means = {o: _digit_means(evaluations, method, o, method_digits) for o in OBJECTIVES}
+        by_threshold = {
+            o: _digit_means(evaluations, method, o, method_digits, "fauc_threshold")
+            for o in OBJECTIVES
+        }
         for objective in OBJECTIVES:
             if means[objective]:
                 numbers["average_fauc"][f"{method}/{objective}"] = {
                     "fauc_percent": 100 * float(np.mean(list(means[objective].values()))),
                     "digits": sorted(means[objective]),
                 }
+            if by_threshold[objective]:
+                numbers["average_fauc"][f"{method}/{objective}"]["fauc_threshold_percent"] = (
+                    100 * float(np.mean(list(by_threshold[objective].values())))
+                )
         both = sorted(set(means["regression"]) & set(means["classification"]))
         if not both:
             continue
         differences = [100 * (means["regression"][d] - means["classification"][d]) for d in both]
         better = int(sum(delta > 0 for delta in differences))
+        both_threshold = sorted(
+            set(by_threshold["regression"]) & set(by_threshold["classification"])
+        )
+        threshold_differences = [
+            100 * (by_threshold["regression"][d] - by_threshold["classification"][d])
+            for d in both_threshold
+        ]
         numbers["regression_vs_classification"][method] = {
             "digits": both,
             "regression_better_on": better,
             "mean_difference_points": float(np.mean(differences)),
+            "regression_better_on_by_threshold": int(sum(d > 0 for d in threshold_differences)),
+            "mean_difference_points_by_threshold": (
+                float(np.mean(threshold_differences)) if threshold_differences else None
+            ),
         }
         rows.append(
             [
@@ -911,14 +952,26 @@ def mnist_tables(out: str | os.PathLike) -> tuple[str, dict[str, Any]]:
                 ", ".join(map(str, both)),
                 f"{better} of {len(both)}",
                 f"{np.mean(differences):+.1f}",
+                f"{sum(d > 0 for d in threshold_differences)} of {len(both_threshold)}",
+                f"{np.mean(threshold_differences):+.1f}" if threshold_differences else "—",
             ]
         )
     if rows:
         sections.append(
             "Table 3. Regression against classification: digits where the regression "
             "objective gave the higher FAUC, and the mean difference (regression − "
-            "classification, FAUC points).\n\n"
-            + markdown_table(["method", "digits", "regression higher on", "mean Δ"], rows)
+            "classification, FAUC points), for the FROC by rank and by threshold.\n\n"
+            + markdown_table(
+                [
+                    "method",
+                    "digits",
+                    "regression higher on",
+                    "mean Δ",
+                    "higher on, by threshold",
+                    "mean Δ, by threshold",
+                ],
+                rows,
+            )
         )
 
     # Training budget actually used.
