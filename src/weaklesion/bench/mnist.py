@@ -898,7 +898,8 @@ def mnist_tables(out: str | os.PathLike) -> tuple[str, dict[str, Any]]:
                     ]
                 )
         sections.append(
-            f"Table 2. Every method on digits {', '.join(map(str, compared))}: FAUC (%) "
+            f"Table 2. Every method on digit{'s' if len(compared) > 1 else ''} "
+            f"{', '.join(map(str, compared))}: FAUC (%) "
             "of the FROC by rank with 95 % bootstrap intervals, and the mean FAUC of the "
             "FROC by threshold; sensitivity (%) and false positives and "
             "negatives per image when the n = round(predicted count) highest maxima are "
