@@ -781,6 +781,14 @@ def _digit_means(
     return means
 
 
+def _regression_minus_classification(
+    means: dict[str, dict[int, float]],
+) -> tuple[list[int], list[float]]:
+    """Digits with both objectives' mean FAUC, and regression − classification in points."""
+    both = sorted(set(means["regression"]) & set(means["classification"]))
+    return both, [100 * (means["regression"][d] - means["classification"][d]) for d in both]
+
+
 def _average_cell(means: dict[int, float], n_digits: int) -> str:
     if not means:
         return "—"
@@ -926,18 +934,11 @@ def mnist_tables(out: str | os.PathLike) -> tuple[str, dict[str, Any]]:
                 numbers["average_fauc"][f"{method}/{objective}"]["fauc_threshold_percent"] = (
                     100 * float(np.mean(list(by_threshold[objective].values())))
                 )
-        both = sorted(set(means["regression"]) & set(means["classification"]))
+        both, differences = _regression_minus_classification(means)
         if not both:
             continue
-        differences = [100 * (means["regression"][d] - means["classification"][d]) for d in both]
         better = int(sum(delta > 0 for delta in differences))
-        both_threshold = sorted(
-            set(by_threshold["regression"]) & set(by_threshold["classification"])
-        )
-        threshold_differences = [
-            100 * (by_threshold["regression"][d] - by_threshold["classification"][d])
-            for d in both_threshold
-        ]
+        both_threshold, threshold_differences = _regression_minus_classification(by_threshold)
         numbers["regression_vs_classification"][method] = {
             "digits": both,
             "regression_better_on": better,
