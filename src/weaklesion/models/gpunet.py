@@ -34,7 +34,7 @@ def he_initialise(module: nn.Module) -> None:
     activations constant through the layers. The count networks start from this: with
     PyTorch's default (uniform with variance ``1 / (3 fan_in)``) their pooled features
     start so weak that a count network sits at the mean count for many epochs (measured
-    on 7×5 MNIST grids: 28 epochs against 8 with this initialisation).
+    on 7×5 MNIST grids of digit 4: 28 epochs against 9 with this initialisation).
 
     Examples
     --------
