@@ -10,12 +10,13 @@ from __future__ import annotations
 import functools
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 import typer
+from typer.core import TyperCommand
 
 from weaklesion.io import write_json
 
@@ -29,6 +30,41 @@ synth_app = typer.Typer(help="Write synthetic datasets.", no_args_is_help=True)
 app.add_typer(synth_app, name="synth")
 
 EXIT_BAD_INPUT = 2
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"weaklesion {version('weaklesion')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """Find and count lesions in 2D and 3D images from weak labels."""
+
+
+class _TrainCommand(TyperCommand):
+    """``train``, whose help ends with the named choices of the registries (read lazily,
+    so that ``weaklesion --help`` does not import torch)."""
+
+    @property
+    def epilog(self) -> str:
+        from weaklesion.training.choices import choices_help
+
+        return "Choices (--set KEY=NAME):\n" + choices_help()
+
+    @epilog.setter
+    def epilog(self, value: str | None) -> None:
+        pass
 
 
 def _refuse_bad_input(command: Callable) -> Callable:
@@ -46,6 +82,16 @@ def _refuse_bad_input(command: Callable) -> Callable:
             raise typer.Exit(EXIT_BAD_INPUT) from None
 
     return wrapper
+
+
+def _over_cases(items: list, description: str) -> Iterable:
+    """``items``, with a progress bar on stderr when it is a terminal."""
+    if not sys.stderr.isatty():
+        return items
+    from rich.console import Console
+    from rich.progress import track
+
+    return track(items, description=description, console=Console(stderr=True))
 
 
 def _parse_floats(text: str | None, name: str) -> tuple[float, ...] | None:
@@ -221,7 +267,7 @@ def synth_phantom(
     typer.echo(f"wrote {cases} cases to {root}")
 
 
-@app.command()
+@app.command(cls=_TrainCommand)
 @_refuse_bad_input
 def train(
     data: Annotated[Path, typer.Argument(help="Dataset folder or JSON datalist.")],
@@ -240,7 +286,8 @@ def train(
     """Train a model from weak labels: points, counts, masks or masks+counts.
 
     Every key of the configuration (see TrainConfig) can be set in the TOML file or with
-    --set; the command line wins.
+    --set; the command line wins. The named choices are listed below. A terminal shows a
+    progress bar; a log (stderr not a terminal) gets one line per epoch.
 
     Example: weaklesion train data/phantom --labels points --out runs/heatmap
     --set epochs=20 --set sigma=1.5
@@ -256,7 +303,10 @@ def train(
     if nproc > 1:
         command = torchrun_command(config or "-", data, out, nproc, overrides, resume)
         raise typer.Exit(subprocess.call(command))
-    result = train_model(settings, data, out, resume=resume, progress=sys.stderr.isatty())
+    terminal = sys.stderr.isatty()
+    result = train_model(
+        settings, data, out, resume=resume, progress=terminal, log=None if terminal else sys.stderr
+    )
     typer.echo(f"trained {out}: {result.summary() if hasattr(result, 'summary') else result}")
 
 
@@ -303,6 +353,7 @@ def finetune(
         overrides=list(set_ or []),
         resume=resume,
         progress=sys.stderr.isatty(),
+        log=None if sys.stderr.isatty() else sys.stderr,
     )
     typer.echo(f"fine-tuned {out}: {result.summary()}")
 
@@ -412,14 +463,14 @@ def detect(
         if threshold is not None:
             typer.echo(f"threshold {threshold:g} from the run: {source}")
     offset, _ = _stored_setting(run if top_n_from is not None else None, "count_offset")
-    arrays = {_case_name(path): _read_map(path, channel) for path in maps}
+    arrays = {_case_name(path): _read_map(path, channel) for path in _over_cases(maps, "Reading")}
     counts = None if top_n_from is None else _predicted_counts(top_n_from, list(arrays))
     if counts is not None and offset is not None:
         # detect_by_count keeps floor(count + 0.5) peaks; the tuned offset b keeps
         # floor(count + b).
         counts = {case: value + offset - 0.5 for case, value in counts.items()}
     found: dict[str, Detections] = {}
-    for case, (values, affine) in arrays.items():
+    for case, (values, affine) in _over_cases(list(arrays.items()), "Detecting"):
         if method == "gaussians":
             spacing = affine_spacing(affine) if spacing_mm else None
             lesions = fit_gaussians(values, sigma, spacing=spacing, stop=stop)
@@ -472,7 +523,7 @@ def count(
     from weaklesion.counting import count_distribution
 
     results = {}
-    for path in maps:
+    for path in _over_cases(maps, "Counting"):
         values, _ = _read_map(path, channel)
         distribution = count_distribution(
             values, threshold=threshold, min_size=min_size, credible=credible

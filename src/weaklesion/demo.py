@@ -316,7 +316,8 @@ def run_demo(
     run_dir = out / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     clock = time.perf_counter()
-    train(config, data, run_dir, progress=console.is_terminal)
+    terminal = console.is_terminal
+    train(config, data, run_dir, progress=terminal, log=None if terminal else console.file)
     timings["train"] = time.perf_counter() - clock
 
     clock = time.perf_counter()

@@ -16,7 +16,7 @@ import dataclasses
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from weaklesion.training.checkpoint import load_checkpoint
 from weaklesion.training.config import config_from_dict, load_config
@@ -46,6 +46,7 @@ def finetune(
     progress: bool = True,
     max_epochs: int | None = None,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+    log: TextIO | None = None,
 ) -> TrainResult:
     """Fine-tune a trained dense model as a segmentation model on a fraction of the masks.
 
@@ -78,7 +79,7 @@ def finetune(
     overrides : dict or iterable of "key=value" strings
         Further configuration changes (see :func:`weaklesion.training.load_config`),
         e.g. ``{"lr": 3e-4}``; the network must stay the same.
-    resume, progress, max_epochs, on_epoch_end
+    resume, progress, max_epochs, on_epoch_end, log
         As for :func:`weaklesion.training.train`.
 
     Returns
@@ -130,4 +131,5 @@ def finetune(
         progress=progress,
         max_epochs=max_epochs,
         on_epoch_end=on_epoch_end,
+        log=log,
     )

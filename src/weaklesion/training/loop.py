@@ -5,10 +5,10 @@ and runs Adam for ``config.epochs`` epochs, with the learning rate of
 :func:`learning_rate` at every step, on the objective of
 :func:`~weaklesion.training.objectives.objective_for`. After every ``config.val_every``
 epochs (and the last) it validates with a metric that fits the task and keeps the best
-validated epoch in ``best.pt``; every epoch goes to ``last.pt``, ``history.jsonl`` and
-``metrics.json``. An interrupted run resumes from ``last.pt`` to the same weights, bit
-for bit, as a run that was never interrupted (on CPU; on GPU up to the determinism of
-its kernels).
+validated epoch in ``best.pt``; every epoch goes to ``last.pt``, ``history.jsonl`` (and
+``history.csv``) and ``metrics.json``. An interrupted run resumes from ``last.pt`` to the
+same weights, bit for bit, as a run that was never interrupted (on CPU; on GPU up to the
+determinism of its kernels).
 
 Validation metrics (the first named is the one that picks the best epoch):
 
@@ -43,6 +43,7 @@ keeps a seeded fraction of the training cases (see
 from __future__ import annotations
 
 import copy
+import csv
 import dataclasses
 import json
 import math
@@ -51,7 +52,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -302,10 +303,32 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
-def _write_history(path: Path, history: Sequence[dict[str, Any]]) -> None:
-    with atomic_write(path, "w", encoding="utf-8") as handle:
+def _write_history(run_dir: Path, history: Sequence[dict[str, Any]]) -> None:
+    """Write ``history.jsonl`` and the same records as ``history.csv`` (one column per key)."""
+    with atomic_write(run_dir / "history.jsonl", "w", encoding="utf-8") as handle:
         for record in history:
             handle.write(json.dumps(_json_ready(record)) + "\n")
+    columns = list(dict.fromkeys(key for record in history for key in record))
+    with atomic_write(run_dir / "history.csv", "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, columns, restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(_json_ready(record) for record in history)
+
+
+def epoch_line(record: dict[str, Any], epochs: int, metric: str) -> str:
+    """One plain log line for an epoch: loss, validation metric (when validated), seconds.
+
+    Examples
+    --------
+    >>> epoch_line({"epoch": 3, "loss": 0.01234, "val_f1": 0.6, "seconds": 12.34}, 20, "f1")
+    'epoch 3/20: loss 0.01234, val f1 0.600, 12.3 s'
+    """
+    parts = [f"loss {record['loss']:.4g}"]
+    validation = _summary(record, metric)
+    if validation:
+        parts.append(validation)
+    seconds = record.get("seconds", 0.0) + record.get("val_seconds", 0.0)
+    return f"epoch {record['epoch']}/{epochs}: {', '.join(parts)}, {seconds:.1f} s"
 
 
 def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
@@ -409,6 +432,7 @@ def train(
     progress: bool = True,
     max_epochs: int | None = None,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+    log: TextIO | None = None,
 ) -> TrainResult:
     """Train a model from a dataset folder's weak labels.
 
@@ -420,8 +444,9 @@ def train(
         Dataset folder (see :func:`weaklesion.data.load_dataset`). It must pass
         :func:`weaklesion.data.check_dataset`.
     run_dir : path
-        Run folder: ``config.toml``, ``last.pt``, ``best.pt``, ``history.jsonl``,
-        ``metrics.json``. A new run refuses a folder that already has ``last.pt``.
+        Run folder: ``config.toml``, ``last.pt``, ``best.pt``, ``history.jsonl`` (and
+        the same as ``history.csv``), ``metrics.json``. A new run refuses a folder that
+        already has ``last.pt``.
     resume : bool
         Continue from ``run_dir/last.pt`` (model, optimiser, epoch, history and best
         epoch), with the same data order, augmentation and dropout as an uninterrupted
@@ -429,6 +454,10 @@ def train(
         ``num_threads`` may differ from the stored configuration.
     progress : bool
         Show a progress bar (rich) with the loss and samples per second.
+    log : text stream or None
+        Where to write one plain line per epoch (loss, validation metric, seconds; see
+        :func:`epoch_line`), e.g. ``sys.stderr`` when it is a log file rather than a
+        terminal that shows the bar.
     max_epochs : int or None
         Stop once this many epochs (in all) are done, even if ``config.epochs`` is more;
         a later ``resume=True`` continues to ``config.epochs``.
@@ -543,6 +572,8 @@ def train(
                         run_dir,
                     )
                     bar.update(task, validation=_summary(record, metric))
+                    if log is not None:
+                        print(epoch_line(record, config.epochs, metric), file=log, flush=True)
                 if on_epoch_end is not None:
                     on_epoch_end(epoch + 1, record)
     return TrainResult(
@@ -654,7 +685,7 @@ def _end_epoch(
     if average is not None:
         last["training_model"] = {k: v.detach().cpu() for k, v in network.state_dict().items()}
     save_checkpoint(run_dir / "last.pt", last)
-    _write_history(run_dir / "history.jsonl", history)
+    _write_history(run_dir, history)
     write_json(
         run_dir / "metrics.json",
         _json_ready(
