@@ -432,6 +432,13 @@ def detect(
             "the default."
         ),
     ] = None,
+    viewers: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for viewer files of each case: CASE.mrk.json (3D Slicer) and "
+            "CASE_points.csv (napari)."
+        ),
+    ] = None,
 ) -> None:
     """Detect lesions in predicted maps and write them with voxel and world coordinates.
 
@@ -501,6 +508,12 @@ def detect(
         )
     total = sum(len(lesions) for lesions in found.values())
     typer.echo(f"wrote {total} detection(s) in {len(found)} case(s) to {out}")
+    if viewers is not None:
+        from weaklesion.report.viewers import write_detection_viewer_files
+
+        pairs = {case: (lesions.points, lesions.scores) for case, lesions in found.items()}
+        write_detection_viewer_files(viewers, pairs, affines)
+        typer.echo(f"wrote viewer files of {len(found)} case(s) to {viewers}")
 
 
 @app.command()
@@ -565,6 +578,14 @@ def evaluate(
         Path | None,
         typer.Option(help="predictions.json of `weaklesion predict`: score its counts."),
     ] = None,
+    viewers: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for viewer files of each case's hits, false positives and misses: "
+            "CASE_outcomes.mrk.json (3D Slicer), CASE_outcomes.csv (napari) and "
+            "CASE_outcomes.nii.gz (label map: 1 hit, 2 false positive, 3 miss)."
+        ),
+    ] = None,
 ) -> None:
     """Score detections against the truth points: F1, size strata, FROC, calibration.
 
@@ -623,6 +644,20 @@ def evaluate(
     )
     if out is not None:
         write_json(out, report)
+    if viewers is not None:
+        from weaklesion.report.viewers import write_evaluation_viewer_files
+
+        write_evaluation_viewer_files(
+            viewers,
+            {case: (found[case].points, found[case].scores) for case in cases if case in found},
+            truth,
+            points,
+            max_distance,
+            threshold,
+            spacings if mm else None,
+            progress=sys.stderr.isatty(),
+        )
+        typer.echo(f"wrote viewer files of {len(cases)} case(s) to {viewers}")
 
 
 @app.command()
