@@ -49,6 +49,11 @@ def test_end_to_end_demo_writes_a_complete_report(tmp_path):
     assert set(written["counts"]) == set(written["cases"])
     for case in written["counts"].values():
         assert abs(sum(case["pmf"]) - 1.0) < 1e-9
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    for section in ("metrics", "froc", "calibration", "counts", "training", "gallery"):
+        assert f'<section id="{section}">' in page, section
+    for case in written["cases"]:
+        assert f'id="case-{case}"' in page
 
 
 def test_demo_command_prints_the_planted_table_then_runs_the_end_to_end_demo(tmp_path, monkeypatch):

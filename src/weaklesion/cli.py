@@ -591,7 +591,8 @@ def evaluate(
 
     The report holds per-case results for `weaklesion compare`, the predicted and true
     count of each case (the detections kept, or --counts), and the settings, run and data
-    it was computed with.
+    it was computed with; beside it goes the same as an HTML page (see `weaklesion
+    report`).
 
     Example: weaklesion evaluate lesions.csv --truth data/phantom --split test
     --run runs/heatmap --out metrics.json
@@ -644,6 +645,12 @@ def evaluate(
     )
     if out is not None:
         write_json(out, report)
+        from weaklesion.report.html import evaluation_outcomes, write_dataset_report
+
+        pairs = {case: (found[case].points, found[case].scores) for case in found}
+        outcomes = evaluation_outcomes(report, pairs, points, spacings)
+        page = write_dataset_report(out.with_suffix(".html"), report, outcomes, truth, run)
+        typer.echo(f"wrote {out} and {page}")
     if viewers is not None:
         from weaklesion.report.viewers import write_evaluation_viewer_files
 
@@ -658,6 +665,44 @@ def evaluate(
             progress=sys.stderr.isatty(),
         )
         typer.echo(f"wrote viewer files of {len(cases)} case(s) to {viewers}")
+
+
+@app.command()
+@_refuse_bad_input
+def report(
+    result: Annotated[Path, typer.Argument(help="Result file of `evaluate --out`.")],
+    out: Annotated[Path | None, typer.Option(help="HTML file [default: RESULT as .html].")] = None,
+    run: Annotated[
+        Path | None, typer.Option(help="Run folder [default: the one the result names].")
+    ] = None,
+    detections: Annotated[
+        Path | None, typer.Option(help="Detections CSV [default: the one the result names].")
+    ] = None,
+    truth: Annotated[
+        Path | None, typer.Option(help="Dataset [default: the one the result names].")
+    ] = None,
+    cases: Annotated[int, typer.Option(help="Cases in the gallery, worst first.")] = 16,
+) -> None:
+    """Write one self-contained HTML page of an evaluation, to open offline.
+
+    The page has the settings, the metrics with 95 % intervals, the FROC and calibration
+    plots, the counts, the training curves of the run, and the slices through every
+    detection and miss of the worst cases, hits, false positives and misses marked.
+    `weaklesion evaluate --out X.json` writes the same page as X.html.
+
+    Example: weaklesion report metrics.json --out report.html
+    """
+    from weaklesion.report.html import report_from_evaluation
+
+    page = report_from_evaluation(
+        result,
+        out or result.with_suffix(".html"),
+        run=run,
+        detections=detections,
+        truth=truth,
+        max_cases=cases,
+    )
+    typer.echo(f"wrote {page}")
 
 
 @app.command()

@@ -30,6 +30,7 @@ from weaklesion.detection import (
 from weaklesion.io import write_json
 from weaklesion.metrics import detection_scores, match_points
 from weaklesion.report import plot_froc, plot_reliability, plot_slices
+from weaklesion.report.html import evaluation_outcomes, write_report
 from weaklesion.targets import gaussian_heatmap
 
 
@@ -277,8 +278,9 @@ def run_demo(
     Parameters
     ----------
     out : path
-        Report folder: ``metrics.json``, ``detections.csv``, ``slices_*.png``,
-        ``froc.png``, ``calibration.png``; also the phantom (``data/``) and the
+        Report folder: ``report.html`` (the page of :mod:`weaklesion.report.html`),
+        ``metrics.json``, ``detections.csv``, ``slices_*.png``, ``froc.png``,
+        ``calibration.png``; also the phantom (``data/``) and the
         training run (``run/``), both replaced if present.
     seed : int
         Seed of the phantom and the training.
@@ -317,7 +319,8 @@ def run_demo(
     shutil.rmtree(run_dir, ignore_errors=True)
     clock = time.perf_counter()
     terminal = console.is_terminal
-    train(config, data, run_dir, progress=terminal, log=None if terminal else console.file)
+    log = None if terminal or console.quiet else console.file
+    train(config, data, run_dir, progress=terminal, log=log)
     timings["train"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -355,6 +358,15 @@ def run_demo(
     timings["total"] = time.perf_counter() - started
     report["timings_s"] = timings
     write_json(out / "metrics.json", report)
+    pairs = {case: (lesions.points, lesions.scores) for case, lesions in found.items()}
+    write_report(
+        out / "report.html",
+        report,
+        evaluation_outcomes(report, pairs, truth),
+        lambda case: maps[case][0],
+        run_dir,
+        title="weaklesion demo: heatmap regression from points, held-out phantom cases",
+    )
     _print_summary(console, report, out)
     return report
 
@@ -410,4 +422,4 @@ def _print_summary(console: Console, report: dict, out: Path) -> None:
         f"{stage} {seconds:.0f} s" for stage, seconds in report["timings_s"].items()
     )
     console.print(f"time: {timings}")
-    console.print(f"report written to {out.resolve()}")
+    console.print(f"report written to {out.resolve()}; open {(out / 'report.html').resolve()}")

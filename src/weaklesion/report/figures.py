@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -166,7 +167,8 @@ def plot_curve(
     Parameters
     ----------
     curves : mapping of label to (x (K,), y (K,))
-        One line per label; NaN values leave gaps.
+        One line per label; NaN values leave gaps. Whole-number x values (epochs) get
+        whole-number ticks.
     path : path
         PNG file to write.
     xlabel, ylabel, title : str
@@ -175,12 +177,65 @@ def plot_curve(
         Dashed vertical lines, e.g. a tuned and a default threshold.
     """
     figure, axes = plt.subplots(figsize=(5, 3.5))
+    whole = True
     for label, (x, y) in curves.items():
-        axes.plot(np.asarray(x, dtype=float), np.asarray(y, dtype=float), label=label)
+        x = np.asarray(x, dtype=float)
+        whole = whole and bool(np.all(x == np.round(x)))
+        axes.plot(x, np.asarray(y, dtype=float), label=label, marker="." if len(x) < 30 else None)
+    if whole:
+        axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     styles = ("--", ":", "-.")
     for index, (label, x) in enumerate((markers or {}).items()):
         axes.axvline(x, color="grey", linestyle=styles[index % len(styles)], label=label)
     axes.set(xlabel=xlabel, ylabel=ylabel, title=title)
     axes.grid(alpha=0.3)
     axes.legend(loc="best", fontsize="small")
+    return _save(figure, path)
+
+
+def plot_counts(
+    predicted: Sequence[float],
+    truth: Sequence[int],
+    path: str | os.PathLike,
+    pmfs: Mapping[str, tuple[Sequence[float], int]] | None = None,
+) -> Path:
+    """Plot predicted against true lesion counts, and some count distributions.
+
+    Parameters
+    ----------
+    predicted : (N,) floats
+        Predicted count of each case.
+    truth : (N,) ints
+        True count of each case.
+    path : path
+        PNG file to write.
+    pmfs : mapping of case to (pmf (K + 1,), true count), optional
+        Count distributions to draw as bars (probability of 0 .. K lesions) with the
+        true count marked, in a second panel.
+    """
+    predicted = np.asarray(predicted, dtype=float)
+    truth = np.asarray(truth, dtype=float)
+    panels = 2 if pmfs else 1
+    figure, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.5), squeeze=False)
+    scatter = axes[0, 0]
+    pairs, sizes = np.unique(np.stack([truth, predicted], axis=1), axis=0, return_counts=True)
+    scatter.scatter(pairs[:, 0], pairs[:, 1], s=25 * sizes, alpha=0.6, label="cases")
+    top = max(float(truth.max(initial=0)), float(predicted.max(initial=0))) + 1
+    scatter.plot([0, top], [0, top], color="grey", linestyle="--", linewidth=1, label="exact")
+    scatter.set(xlim=(-0.5, top), ylim=(-0.5, top), title="Lesion counts per case")
+    scatter.set(xlabel="true count", ylabel="predicted count")
+    scatter.grid(alpha=0.3)
+    scatter.legend(loc="lower right", fontsize="small")
+    if pmfs:
+        bars = axes[0, 1]
+        width = 0.8 / len(pmfs)
+        for index, (case, (pmf, count)) in enumerate(pmfs.items()):
+            values = np.asarray(pmf, dtype=float)
+            offset = (index - (len(pmfs) - 1) / 2) * width
+            drawn = bars.bar(np.arange(len(values)) + offset, values, width, label=case)
+            bars.axvline(count + offset, color=drawn.patches[0].get_facecolor(), linestyle=":")
+        bars.set(title="Count distributions (dotted: true count)")
+        bars.set(xlabel="number of lesions", ylabel="probability")
+        bars.legend(loc="upper right", fontsize="x-small")
+    figure.tight_layout()
     return _save(figure, path)
