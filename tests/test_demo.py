@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -35,12 +36,17 @@ def test_poisson_binomial_interval_covers_the_true_count():
 
 
 def test_end_to_end_demo_writes_a_complete_report(tmp_path):
+    # A console on a file, as `make demo > log 2>&1` gives: one plain line per epoch.
+    log = io.StringIO()
     report = run_demo(
         tmp_path,
         splits=(6, 1, 1),
-        console=Console(quiet=True),
-        overrides=["epochs=1", "num_threads=1"],
+        console=Console(file=log, width=100),
+        overrides=["epochs=2", "num_threads=1"],
     )
+    epochs = [line for line in log.getvalue().splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"]
+    assert "val f1" in epochs[1]
     for name in ("metrics.json", "detections.csv", "froc.png", "calibration.png"):
         assert (tmp_path / name).exists(), name
     assert list(tmp_path.glob("slices_*.png"))
