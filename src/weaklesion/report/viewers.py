@@ -1,8 +1,9 @@
 """Files that image viewers open on top of the image: detections and their outcomes.
 
 - 3D Slicer: a markups file (``.mrk.json``, Slicer's markups schema v1.0.3, vendored in
-  ``schemas/`` with Slicer's licence), positions in LPS millimetres, one control point
-  per lesion labelled with its score; evaluated cases get one point list per outcome.
+  ``schemas/`` from Slicer's ``Modules/Loadable/Markups/Resources/Schema/`` with
+  Slicer's licence), positions in LPS millimetres, one control point per lesion
+  labelled with its score; evaluated cases get one point list per outcome.
 - napari: a points CSV in napari's own layout (``index,axis-0,axis-1[,axis-2]`` in voxel
   indices along the array axes, further columns as point properties), which napari's
   built-in reader opens as a points layer over the image.
