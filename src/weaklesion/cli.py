@@ -612,7 +612,7 @@ def evaluate(
         cases = list(found)
     else:
         cases = [case.id for case in load_dataset(truth).split_cases(split)]
-    points, sizes, spacings = lesion_truth(truth, cases=cases)
+    points, sizes, spacings = lesion_truth(truth, cases=cases, progress=sys.stderr.isatty())
     report = evaluate_detections(
         {case: (found[case].points, found[case].scores) for case in cases if case in found},
         points,

@@ -6,6 +6,8 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+from rich.console import Console
+from rich.progress import track
 
 from weaklesion.data.dataset import load_dataset
 from weaklesion.io import affine_spacing, read_affine, read_image
@@ -13,7 +15,7 @@ from weaklesion.metrics import lesion_sizes
 
 
 def lesion_truth(
-    source: str | os.PathLike, cases: Sequence[str] | None = None
+    source: str | os.PathLike, cases: Sequence[str] | None = None, progress: bool = False
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None, dict[str, np.ndarray]]:
     """Truth lesion centres, their sizes and the voxel spacing of a dataset's cases.
 
@@ -24,6 +26,8 @@ def lesion_truth(
     cases : sequence of str, optional
         Cases to return; by default every case with point labels. A case named here
         must exist and have points.
+    progress : bool
+        Show a progress bar over the cases (on stderr).
 
     Returns
     -------
@@ -38,6 +42,8 @@ def lesion_truth(
     dataset = load_dataset(source)
     chosen = [case.id for case in dataset if case.points is not None] if cases is None else cases
     points, sizes, spacing = {}, {}, {}
+    if progress:
+        chosen = track(chosen, description="Reading truth", console=Console(stderr=True))
     for name in chosen:
         try:
             case = dataset[name]
