@@ -231,7 +231,7 @@ def test_check_reports_every_problem_and_fails(phantom, tmp_path):
     (broken / "imagesTr" / "phantom_001_0001.nii.gz").unlink()
     (broken / "counts.csv").write_text("case,count\nphantom_000,2.5\nghost,1\n")
     result = invoke("check", broken)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "phantom_001_0001" in result.output
     assert "2.5" in result.output
     assert "ghost" in result.output

@@ -336,16 +336,16 @@ def test_validation_of_a_perfect_heatmap_is_f1_one(phantom):
 
 
 def test_validation_fits_gaussians_of_fit_sigma(phantom, monkeypatch):
-    import weaklesion.detection as detection
+    import weaklesion.scoring as scoring
 
     widths = []
-    fit = detection.fit_gaussians
+    fit = scoring.fit_gaussians
 
     def recording(heatmap, sigma, **kwargs):
         widths.append(np.asarray(sigma).tolist())
         return fit(heatmap, sigma, **kwargs)
 
-    monkeypatch.setattr(detection, "fit_gaussians", recording)
+    monkeypatch.setattr(scoring, "fit_gaussians", recording)
     config = tiny_config("points", spatial_dims=3, sigma=1.0, fit_sigma=2.0)
     _, val_cases, _ = load_training_cases(phantom, config)
     scale = heatmap_scale([1.0] * 3)

@@ -266,11 +266,13 @@ def test_tune_chooses_the_best_validation_f1_and_writes_curve_and_figure(tuned_r
     validation = load_dataset(held_out).split_cases("validation")
     assert record["data"]["cases"] == [case.id for case in validation]
     assert record["run"]["checkpoint"] == "best.pt" and record["matching"]["max_distance"] == 3.0
-    assert record["detector"] == {
-        "name": "fit_gaussians",
-        "sigma_voxels": [[1.5, 1.5, 1.5]] * len(validation),
-        "max_lesions": 20,
-    }
+    detector = record["detector"]
+    assert (detector["method"], detector["sigma"], detector["units"]) == (
+        "gaussians",
+        1.5,
+        "voxels",
+    )
+    assert detector["max_lesions"] == 20 and detector["sources"]["max_lesions"] == "option"
 
     # The stored F1 from scratch: predict, fit, keep, match.
     model, _, info = load_run(run)
@@ -346,7 +348,7 @@ def test_load_run_detect_and_evaluate_use_the_tuned_threshold(tuned_run, tmp_pat
     )
     assert result.exit_code == 0, result.output
     settings = json.loads(report.read_text())["settings"]
-    assert settings["threshold"] == value and settings["threshold_source"].startswith("tuned")
+    assert settings["threshold"] == value and settings["sources"]["threshold"].startswith("tuned")
     assert settings["run"] == str(run) and settings["split"] == "test"
 
 

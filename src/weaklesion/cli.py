@@ -20,13 +20,17 @@ from typer.core import TyperCommand
 
 from weaklesion.io import write_json
 
+# Help text is plain text: rich markup would swallow every "[default: ...]".
 app = typer.Typer(
     help="Find and count lesions in 2D and 3D images from weak labels.",
     no_args_is_help=True,
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-synth_app = typer.Typer(help="Write synthetic datasets.", no_args_is_help=True)
+synth_app = typer.Typer(
+    help="Write synthetic datasets.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(synth_app, name="synth")
 
 EXIT_BAD_INPUT = 2
@@ -153,7 +157,9 @@ def _read_map(path: Path, channel: int | None) -> tuple[np.ndarray, np.ndarray]:
         values = values[index]
     elif channel not in (None, 0):
         raise ValueError(f"{path}: has one channel; --channel {channel} does not exist")
-    return np.asarray(values, dtype=np.float64), affine
+    # Float maps keep their precision (float32 maps are fitted as validation fits them).
+    values = np.asarray(values)
+    return (values if values.dtype.kind == "f" else values.astype(np.float64)), affine
 
 
 def _predicted_counts(path: Path, cases: list[str]) -> dict[str, float]:
@@ -179,16 +185,15 @@ def _predicted_counts(path: Path, cases: list[str]) -> dict[str, float]:
     return counts
 
 
-def _stored_setting(run: Path | None, parameter: str) -> tuple[float | None, str]:
-    """A run's stored ``parameter`` (tuned, else from training) and where it came from."""
-    if run is None:
-        return None, "none"
-    from weaklesion.tuning import stored_setting
+def _lesion_settings(run: Path | None, **options):
+    """The lesion settings of ``run`` (the defaults without one), with the options given
+    (those not None) over them, each recorded as coming from the command line."""
+    from weaklesion.scoring import LesionSettings
+    from weaklesion.tuning import run_settings
 
-    setting = stored_setting(run)
-    if setting is None or setting.parameter != parameter:
-        return None, "none"
-    return setting.value, f"{setting.source} ({run})"
+    settings = LesionSettings() if run is None else run_settings(run)
+    given = {name: value for name, value in options.items() if value is not None}
+    return settings.replace("option", **given) if given else settings
 
 
 @app.command()
@@ -227,17 +232,21 @@ def check(
 ) -> None:
     """Validate a dataset before training and report every problem at once.
 
+    Exits with status 2, as for any bad input, when there are problems.
+
     Example: weaklesion check data/phantom
     """
     from weaklesion.data import check_dataset
 
     problems = check_dataset(dataset, progress=sys.stderr.isatty())
+    # "." or ".." says nothing of which dataset was checked; its full path does.
+    name = dataset.resolve() if dataset.name in ("", "..") else dataset
     for problem in problems:
         typer.echo(problem)
     if problems:
-        typer.echo(f"{dataset}: {len(problems)} problem(s) found", err=True)
-        raise typer.Exit(1)
-    typer.echo(f"{dataset}: no problems found")
+        typer.echo(f"{name}: {len(problems)} problem(s) found", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    typer.echo(f"{name}: no problems found")
 
 
 @synth_app.command("phantom")
@@ -378,10 +387,15 @@ def predict(
             "intensity, as CASE_<method> (default: the signed CAM as CASE_count)."
         ),
     ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="Predict only this split of the dataset, e.g. test [default: all]."),
+    ] = None,
 ) -> None:
     """Predict maps (heatmap, probabilities or attention) with the input's affine.
 
-    Example: weaklesion predict data/phantom --run runs/heatmap --out predictions
+    Example: weaklesion predict data/phantom --split test --run runs/heatmap
+    --out predictions
     """
     from weaklesion.inference import predict_cases
 
@@ -397,6 +411,7 @@ def predict(
         device=device,
         progress=sys.stderr.isatty(),
         attention=attention,
+        split=split,
     )
     typer.echo(f"wrote {len(written)} file(s) to {out}")
 
@@ -406,16 +421,47 @@ def predict(
 def detect(
     maps: Annotated[list[Path], typer.Argument(help="Map files (.nii.gz, .npy, .npz, ...).")],
     out: Annotated[Path, typer.Option(help="Detections file (.csv or .json).")],
-    method: Annotated[str, typer.Option(help="gaussians | components | peaks.")] = "gaussians",
-    sigma: Annotated[float, typer.Option(help="Gaussian width (gaussians).")] = 1.0,
+    method: Annotated[
+        str | None,
+        typer.Option(help="gaussians | components | peaks [default: the run's, else gaussians]."),
+    ] = None,
+    sigma: Annotated[
+        float | None,
+        typer.Option(
+            help="Width of the fitted Gaussians (gaussians) [default: the run's fit sigma, else 1]."
+        ),
+    ] = None,
     spacing_mm: Annotated[
-        bool, typer.Option("--mm", help="sigma in mm, using the map's voxel size.")
+        bool,
+        typer.Option(
+            "--mm", help="sigma in mm, using the map's voxel size [default: the run's unit]."
+        ),
     ] = False,
     threshold: Annotated[
-        float | None, typer.Option(help="Keep detections scoring at least this.")
+        float | None,
+        typer.Option(
+            help="Keep detections scoring at least this [default: the run's, else all; "
+            "components 0.5]."
+        ),
     ] = None,
-    stop: Annotated[float, typer.Option(help="Stop level of the Gaussian fitting.")] = 0.01,
-    size: Annotated[int, typer.Option(help="Non-maximum suppression size (peaks).")] = 6,
+    location: Annotated[
+        str | None,
+        typer.Option(
+            help="Where a component is detected: max (its first maximum voxel) | "
+            "center_of_mass [default: the run's: center_of_mass for segmentation, "
+            "else max]."
+        ),
+    ] = None,
+    max_lesions: Annotated[
+        int | None,
+        typer.Option(help="Most lesions fitted per map (gaussians) [default: 1000]."),
+    ] = None,
+    stop: Annotated[
+        float | None, typer.Option(help="Stop level of the Gaussian fitting [default: 0.01].")
+    ] = None,
+    size: Annotated[
+        int | None, typer.Option(help="Non-maximum suppression size (peaks) [default: 6].")
+    ] = None,
     top_n: Annotated[int | None, typer.Option(help="Keep the n best peaks.")] = None,
     top_n_from: Annotated[
         Path | None,
@@ -428,8 +474,8 @@ def detect(
     run: Annotated[
         Path | None,
         typer.Option(
-            help="Run folder: its tuned threshold (or count offset with --top-n-from) is "
-            "the default."
+            help="Run folder: its detector, fit sigma, component location, threshold (or "
+            "count offset with --top-n-from) are the defaults."
         ),
     ] = None,
     viewers: Annotated[
@@ -442,54 +488,55 @@ def detect(
 ) -> None:
     """Detect lesions in predicted maps and write them with voxel and world coordinates.
 
-    With --run and no --threshold, the threshold stored in the run is used: the one
-    `weaklesion tune` chose, else the one training chose on its validation cases.
+    With --run, every setting not given comes from the run: its detector, fit sigma and
+    component location from its configuration, and the threshold `weaklesion tune`
+    chose, else the one training chose on its validation cases. The settings used and
+    where each came from are printed.
 
-    Example: weaklesion detect predictions/*_heatmap.nii.gz --sigma 1.5 --out lesions.csv
+    Example: weaklesion detect predictions/*_heatmap.nii.gz --run runs/heatmap
+    --out lesions.csv
 
     Example: weaklesion detect maps/*_gradcam.nii.gz --method peaks --top-n-from
     maps/predictions.json --out lesions.csv
     """
-    from weaklesion.detection import (
-        Detections,
-        component_detections,
-        fit_gaussians,
-        peak_detections,
-        write_detections_csv,
-    )
+    from weaklesion.detection import Detections, peak_detections, write_detections_csv
     from weaklesion.io import affine_spacing
+    from weaklesion.scoring import find_lesions
 
-    if method not in ("gaussians", "components", "peaks"):
-        raise ValueError(f"--method: got {method!r}; expected gaussians, components or peaks")
     if out.suffix not in (".csv", ".json"):
         raise ValueError(f"--out: {out} has suffix {out.suffix!r}; expected .csv or .json")
-    if top_n_from is not None and (method != "peaks" or top_n is not None):
+    settings = _lesion_settings(
+        run,
+        method=method,
+        sigma=sigma,
+        units="mm" if spacing_mm else None,
+        threshold=threshold,
+        location=location,
+        max_lesions=max_lesions,
+        stop=stop,
+        nms_size=size,
+    )
+    if top_n_from is not None and (settings.method != "peaks" or top_n is not None):
         raise ValueError("--top-n-from: needs --method peaks and no --top-n")
-    if threshold is None:
-        threshold, source = _stored_setting(run, "threshold")
-        if threshold is not None:
-            typer.echo(f"threshold {threshold:g} from the run: {source}")
-    offset, _ = _stored_setting(run if top_n_from is not None else None, "count_offset")
+    typer.echo(settings.describe())
     arrays = {_case_name(path): _read_map(path, channel) for path in _over_cases(maps, "Reading")}
     counts = None if top_n_from is None else _predicted_counts(top_n_from, list(arrays))
-    if counts is not None and offset is not None:
+    if counts is not None and settings.count_offset is not None:
         # detect_by_count keeps floor(count + 0.5) peaks; the tuned offset b keeps
         # floor(count + b).
-        counts = {case: value + offset - 0.5 for case, value in counts.items()}
+        counts = {case: value + settings.count_offset - 0.5 for case, value in counts.items()}
     found: dict[str, Detections] = {}
     for case, (values, affine) in _over_cases(list(arrays.items()), "Detecting"):
-        if method == "gaussians":
-            spacing = affine_spacing(affine) if spacing_mm else None
-            lesions = fit_gaussians(values, sigma, spacing=spacing, stop=stop)
-        elif method == "components":
-            lesions = component_detections(values, 0.5 if threshold is None else threshold)
-        elif counts is not None:
+        if counts is not None:
             from weaklesion.attention import detect_by_count
 
-            lesions = detect_by_count(values, counts[case], size=size)
+            found[case] = detect_by_count(values, counts[case], size=settings.nms_size)
+        elif settings.method == "peaks":
+            found[case] = peak_detections(
+                values, size=settings.nms_size, threshold=settings.threshold, top_n=top_n
+            )
         else:
-            lesions = peak_detections(values, size=size, threshold=threshold, top_n=top_n)
-        found[case] = lesions if threshold is None else lesions.above(threshold)
+            found[case] = find_lesions(values, settings, affine_spacing(affine))
     affines = {case: affine for case, (_, affine) in arrays.items()}
     if out.suffix == ".csv":
         write_detections_csv(out, found, affine=affines)
@@ -525,22 +572,39 @@ def count(
     min_size: Annotated[int, typer.Option(help="Smallest region in voxels.")] = 1,
     credible: Annotated[float, typer.Option(help="Mass of the credible interval.")] = 0.95,
     channel: Annotated[int | None, typer.Option(help="Channel of a multi-channel map.")] = None,
+    run: Annotated[
+        Path | None,
+        typer.Option(
+            help="Run folder of the maps: a heatmap run's maps are counted from their "
+            "fitted lesions, with the run's fit sigma."
+        ),
+    ] = None,
 ) -> None:
     """Count lesions in any probability map: exact Poisson-binomial distribution.
 
     Reads NIfTI, .npy, and the .npz probabilities nnU-Net writes with
-    --save_probabilities (channel 1 by default).
+    --save_probabilities (channel 1 by default). A probability map's candidate regions
+    (above --threshold) each exist with their maximum probability; a heatmap run's
+    fitted lesions (--run) each with their clipped amplitude.
 
     Example: weaklesion count nnunet_out/case_001.npz --out counts.json
     """
     from weaklesion.counting import count_distribution
+    from weaklesion.io import affine_spacing
+    from weaklesion.scoring import find_lesions, lesion_count_distribution
 
+    settings = None if run is None else _lesion_settings(run)
+    fitted = settings is not None and settings.method == "gaussians"
     results = {}
     for path in _over_cases(maps, "Counting"):
-        values, _ = _read_map(path, channel)
-        distribution = count_distribution(
-            values, threshold=threshold, min_size=min_size, credible=credible
-        )
+        values, affine = _read_map(path, channel)
+        if fitted:
+            lesions = find_lesions(values, settings, affine_spacing(affine), threshold=0.0)
+            distribution = lesion_count_distribution(lesions, credible)
+        else:
+            distribution = count_distribution(
+                values, threshold=threshold, min_size=min_size, credible=credible
+            )
         results[_case_name(path)] = distribution.to_dict()
     for case, result in results.items():
         low, high = result["interval"]
@@ -549,7 +613,11 @@ def count(
             f"{credible:.0%} interval [{low}, {high}]"
         )
     if out is not None:
-        write_json(out, {"settings": {"threshold": threshold, "min_size": min_size}, **results})
+        if fitted:
+            used = {"count": "fitted lesions", **settings.to_dict()}
+        else:
+            used = {"count": "candidate regions", "threshold": threshold, "min_size": min_size}
+        write_json(out, {"settings": used, **results})
 
 
 @app.command()
@@ -558,14 +626,21 @@ def evaluate(
     detections: Annotated[Path, typer.Argument(help="Detections CSV from `detect`.")],
     truth: Annotated[Path, typer.Option(help="Dataset folder or datalist with points.")],
     out: Annotated[Path | None, typer.Option(help="JSON file for the report.")] = None,
-    max_distance: Annotated[float, typer.Option(help="Largest match distance.")] = 3.0,
-    mm: Annotated[bool, typer.Option("--mm", help="max-distance in mm (voxel size).")] = False,
+    max_distance: Annotated[
+        float | None,
+        typer.Option(help="Largest match distance [default: the run's, else 3]."),
+    ] = None,
+    mm: Annotated[
+        bool,
+        typer.Option("--mm", help="max-distance in mm (voxel size) [default: the run's unit]."),
+    ] = False,
     threshold: Annotated[
         float | None,
         typer.Option(help="Score threshold for F1 [default: the run's with --run, else 0.5]."),
     ] = None,
     run: Annotated[
-        Path | None, typer.Option(help="Run folder whose stored threshold is the default.")
+        Path | None,
+        typer.Option(help="Run folder whose threshold and matching distance are the defaults."),
     ] = None,
     split: Annotated[
         str | None,
@@ -603,23 +678,31 @@ def evaluate(
     from weaklesion.detection import read_detections_csv
     from weaklesion.metrics import evaluate_detections
 
-    source = "option"
-    if threshold is None:
-        threshold, source = _stored_setting(run, "threshold")
-        threshold, source = (0.5, "default") if threshold is None else (threshold, source)
+    settings = _lesion_settings(
+        run,
+        match_distance=max_distance,
+        units="mm" if mm else None,
+        threshold=threshold,
+    )
+    if settings.threshold is None:
+        settings = settings.replace("default", threshold=0.5)
     found = read_detections_csv(detections)
     if split is None:
         cases = list(found)
     else:
         cases = [case.id for case in load_dataset(truth).split_cases(split)]
     points, sizes, spacings = lesion_truth(truth, cases=cases, progress=sys.stderr.isatty())
+    scored = [case for case in cases if case in found]
+    ranked = scored if all("amplitude" in found[case].extras for case in scored) else []
     report = evaluate_detections(
-        {case: (found[case].points, found[case].scores) for case in cases if case in found},
+        {case: (found[case].points, found[case].scores) for case in scored},
         points,
-        max_distance,
-        threshold=threshold,
-        spacing=spacings if mm else None,
+        settings.match_distance,
+        threshold=settings.threshold,
+        spacing=spacings if settings.units == "mm" else None,
         truth_sizes=sizes,
+        # Fitted lesions rank by their unclipped amplitude: their scores tie at 1.
+        ranking={case: found[case].extras["amplitude"] for case in ranked} or None,
     )
     per_case = report["cases"]
     if counts is None:
@@ -632,8 +715,12 @@ def evaluate(
             "detections": str(detections),
             "truth": str(truth),
             "split": split,
-            "threshold_source": source,
             "run": None if run is None else str(run),
+            "ranking": "amplitude" if ranked else "score",
+            "sources": {
+                name: settings.sources.get(name, "default")
+                for name in ("match_distance", "units", "threshold")
+            },
             "counts": "detections kept" if counts is None else str(counts),
         }
     )
@@ -659,9 +746,9 @@ def evaluate(
             {case: (found[case].points, found[case].scores) for case in cases if case in found},
             truth,
             points,
-            max_distance,
-            threshold,
-            spacings if mm else None,
+            settings.match_distance,
+            settings.threshold,
+            spacings if settings.units == "mm" else None,
             progress=sys.stderr.isatty(),
         )
         typer.echo(f"wrote viewer files of {len(cases)} case(s) to {viewers}")
@@ -719,8 +806,18 @@ def tune(
         float | None, typer.Option(help="Largest match distance [default: the run's].")
     ] = None,
     max_lesions: Annotated[
-        int, typer.Option(help="Most lesions Gaussian fitting extracts per case (heatmap).")
-    ] = 1000,
+        int | None,
+        typer.Option(
+            help="Most lesions Gaussian fitting extracts per case (heatmap) [default: 1000]."
+        ),
+    ] = None,
+    location: Annotated[
+        str | None,
+        typer.Option(
+            help="Where a component is detected: max | center_of_mass [default: the run's: "
+            "center_of_mass for segmentation, else max]."
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
 ) -> None:
     """Choose the detector's operating point on validation cases and store it in the run.
@@ -728,7 +825,8 @@ def tune(
     Sweeps the run's detector setting (existence threshold, component threshold, or
     count offset), keeps the best by --metric (ties: the most conservative), and writes
     RUN/operating_point.json and RUN/report/operating_point.png. load_run, `detect --run`
-    and `evaluate --run` then use it by default.
+    and `evaluate --run` then use it by default, with the detector settings it was tuned
+    with (--max-lesions, --location, --max-distance).
 
     Example: weaklesion tune --run runs/heatmap --data data/phantom --metric f1
     """
@@ -742,6 +840,7 @@ def tune(
         split,
         max_distance=max_distance,
         max_lesions=max_lesions,
+        location=location,
         device=device_for(device),
         progress=sys.stderr.isatty(),
     )

@@ -1264,8 +1264,10 @@ def fit_gaussians(
     Returns
     -------
     Detections
-        ``points`` (N, D) fitted centres in voxels; ``scores`` the amplitudes clipped to
-        [0, 1]; ``extras["amplitude"]`` the raw amplitudes; ``extras["window_sum"]`` the
+        Ordered by the raw amplitude, highest first: ``points`` (N, D) fitted centres in
+        voxels; ``scores`` the amplitudes clipped to [0, 1], the existence probabilities;
+        ``extras["amplitude"]`` the raw amplitudes, which rank lesions whose clipped
+        scores tie at 1; ``extras["window_sum"]`` the
         sum of the residual in the fitting window just before the greedy fit (the
         unfitted estimate of the same probability). The refinement does not recompute
         it: a refined lesion carries the summed window sums of the greedy fits it came
@@ -1391,12 +1393,13 @@ def fit_gaussians(
         return Detections.empty(dims, extras)
     by_order = np.argsort(order, kind="stable")
     centres, amplitudes, sums = centres[by_order], amplitudes[by_order], sums[by_order]
-    found = Detections(
-        centres,
-        np.clip(amplitudes, 0.0, 1.0),
-        {"amplitude": amplitudes, "window_sum": sums},
+    # Ranked by the unclipped amplitude: amplitudes above 1 all score 1.
+    by_amplitude = np.argsort(-amplitudes, kind="stable")
+    return Detections(
+        centres[by_amplitude],
+        np.clip(amplitudes[by_amplitude], 0.0, 1.0),
+        {"amplitude": amplitudes[by_amplitude], "window_sum": sums[by_amplitude]},
     )
-    return found.sorted()
 
 
 # --------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from torch import nn
 
 from weaklesion._validation import check_finite
 from weaklesion.io import write_json
+from weaklesion.scoring import find_lesions, lesion_count_distribution, settings_for_config
 
 if TYPE_CHECKING:
     from weaklesion.counting import CountDistribution
@@ -295,8 +296,9 @@ def predicted_count_distribution(
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
-def _input_cases(inputs, spacing: Sequence[float] | None) -> list:
-    """Cases to predict: every case of a dataset folder or datalist, or image files.
+def _input_cases(inputs, spacing: Sequence[float] | None, split: str | None = None) -> list:
+    """Cases to predict: every case of a dataset folder or datalist (of its ``split``
+    when given), or image files.
 
     Files named ``CASE_0000``, ``CASE_0001``, ... are the channels of one case ``CASE``;
     any other file is a case of its own, named after the file.
@@ -305,7 +307,10 @@ def _input_cases(inputs, spacing: Sequence[float] | None) -> list:
     from weaklesion.io import image_suffix
 
     if isinstance(inputs, str | os.PathLike) and not Path(inputs).is_file():
-        return list(load_dataset(inputs))
+        dataset = load_dataset(inputs)
+        return list(dataset) if split is None else dataset.split_cases(split)
+    if split is not None:
+        raise ValueError(f"split: {split!r} needs a dataset folder or datalist, not image files")
     paths = [Path(inputs)] if isinstance(inputs, str | os.PathLike) else [Path(p) for p in inputs]
     groups: dict[str, dict[int, Path]] = {}
     for path in paths:
@@ -335,6 +340,7 @@ def predict_cases(
     device: str = "auto",
     progress: bool = True,
     attention: str | None = None,
+    split: str | None = None,
 ) -> list[Path]:
     """Predict the map of every input case with a trained run and write it next to its kin.
 
@@ -363,6 +369,8 @@ def predict_cases(
         For a count run, write this attention map of
         :func:`weaklesion.attention.attention_maps` (whole images, negative values set
         to 0) as ``CASE_<attention>`` instead of the signed CAM ``CASE_count``.
+    split : str, optional
+        Predict only the cases of this split of the dataset (e.g. ``"test"``).
 
     Returns
     -------
@@ -371,7 +379,11 @@ def predict_cases(
         input) holding the map in user units with the input's affine, ``CASE_<kind>_std``
         beside it with MC dropout, and finally ``predictions.json`` with the kind, the
         attention method, the run, and each case's predicted count where the kind has
-        one (for a presence classifier, ``count_objective="classification"``, no count
+        one: for a heatmap run, the mean of the Poisson-binomial distribution of its
+        fitted lesions (:func:`~weaklesion.scoring.lesion_count_distribution` of
+        :func:`~weaklesion.scoring.find_lesions` with the run's fit sigma) as
+        ``"count"``, that distribution as ``"count_distribution"``, and the summed map as
+        ``"map_sum"`` (for a presence classifier, ``count_objective="classification"``, no count
         but the ``"presence_probability"``, the sigmoid of its output); for a
         ``masks+counts`` run, each case's ``"count_distribution"`` (pmf over
         ``0 .. max_count``, mean, mode, variance, entropy, credible interval) from
@@ -384,7 +396,7 @@ def predict_cases(
         dimensions than the model was trained on.
     """
     from weaklesion.data.normalize import zscore
-    from weaklesion.io import image_suffix, write_image
+    from weaklesion.io import affine_spacing, image_suffix, write_image
     from weaklesion.training.checkpoint import load_run
     from weaklesion.training.distributed import device_for
 
@@ -401,7 +413,8 @@ def predict_cases(
                 f"got a {kind!r} run, patch_size {patch_size}, mc_samples {mc_samples}"
             )
     out_dir = Path(out_dir)
-    cases = _input_cases(inputs, info.get("spacing"))
+    cases = _input_cases(inputs, info.get("spacing"), split)
+    settings = settings_for_config(config)
     written, summary = [], {}
     if progress:
         from rich.progress import track
@@ -438,6 +451,16 @@ def predict_cases(
             write_image(path, array.astype(np.float32), arrays.affine)
             written.append(path)
         summary[case.id] = {"count": prediction.count}
+        if kind == "heatmap":
+            lesions = find_lesions(
+                prediction.map, settings, affine_spacing(arrays.affine), threshold=0.0
+            )
+            distribution = lesion_count_distribution(lesions)
+            summary[case.id] = {
+                "count": distribution.mean,
+                "map_sum": prediction.count,
+                "count_distribution": distribution.to_dict(),
+            }
         if config.count_objective == "classification":
             logit = torch.tensor(prediction.count, dtype=torch.float64)
             summary[case.id] = {"count": None, "presence_probability": logit.sigmoid().item()}
@@ -448,9 +471,13 @@ def predict_cases(
                 prediction, config.max_count
             ).to_dict()
     summary_path = out_dir / "predictions.json"
-    write_json(
-        summary_path,
-        {"kind": kind, "attention": attention, "run": str(run_dir), "cases": summary},
-    )
+    record = {"kind": kind, "attention": attention, "run": str(run_dir)}
+    if kind == "heatmap":
+        record["counts"] = {
+            "count": "mean of the Poisson-binomial distribution of the fitted lesions' "
+            "existence probabilities",
+            "map_sum": "sum of the heatmap",
+        }
+    write_json(summary_path, {**record, "cases": summary})
     written.append(summary_path)
     return written

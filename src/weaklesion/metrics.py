@@ -1668,6 +1668,7 @@ def evaluate_detections(
     n_boot: int = 1000,
     n_bins: int = 10,
     seed: int = 0,
+    ranking: Mapping[str, ArrayLike] | None = None,
 ) -> dict[str, Any]:
     """Score scored detections of many cases against truth points: the full report.
 
@@ -1690,6 +1691,12 @@ def evaluate_detections(
     strata, max_fp, n_boot, n_bins, seed
         Size strata (see :func:`recall_by_size`), FROC area limit in false positives per
         image, bootstrap resamples over cases, reliability bins, random seed.
+    ranking : mapping of case name to (P,) values, optional
+        The values that order each case's detections for the FROC curve, where they
+        rank finer than the scores: the unclipped amplitudes of
+        :func:`~weaklesion.detection.fit_gaussians`, whose scores (probabilities clipped
+        to [0, 1]) tie at 1. Default the scores. The FROC sweeps every distinct value as
+        a threshold, so tied detections are kept or dropped together.
 
     Returns
     -------
@@ -1699,7 +1706,8 @@ def evaluate_detections(
         ``fauc`` (estimate and bootstrap interval), ``calibration`` (ECE, MCE and the
         bins, outcome = the detection is matched when all detections are kept) and
         ``cases``: per case, TP, FP and FN at ``threshold``, the number of truth
-        lesions, and every detection's score with its :func:`hits_by_score` mark, so
+        lesions, and every detection's ranking value (its score unless ``ranking`` is
+        given) with its :func:`hits_by_score` mark in that order, so
         that per-case statistics (paired tests, the FROC of any subset of cases) can be
         recomputed from the report alone.
 
@@ -1727,19 +1735,22 @@ def evaluate_detections(
         points = np.asarray(_values(points), dtype=float).reshape(-1, dims)
         scores = np.asarray(_values(scores), dtype=float)
         case_spacing = pick(spacing, case)
+        order = scores
+        if ranking is not None and case in predictions:
+            order = _scores(ranking[case], len(scores), f"ranking[{case!r}]")
         kept = scores >= threshold
         matches = match_points(points[kept], truth_points, max_distance, case_spacing)
         kept_matches.append(matches)
-        hits = hits_by_score(points, scores, truth_points, max_distance, case_spacing)
+        hits = hits_by_score(points, order, truth_points, max_distance, case_spacing)
         per_case[case] = {
             "tp": matches.tp,
             "fp": matches.fp,
             "fn": matches.fn,
             "n_truth": len(truth_points),
-            "scores": scores,
+            "scores": order,
             "hits": hits,
         }
-        all_scores.append(scores)
+        all_scores.append(order)
         all_hits.append(hits)
         n_truth.append(len(truth_points))
         everything = match_points(points, truth_points, max_distance, case_spacing)

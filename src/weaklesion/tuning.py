@@ -40,24 +40,29 @@ import hashlib
 import json
 import math
 import os
-import re
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from weaklesion._validation import ArrayLike, _values, check_finite
 from weaklesion.io import write_json
-from weaklesion.metrics import hits_by_score, match_points
-
-DEFAULT_THRESHOLDS = tuple(np.round(np.arange(0.01, 1.0, 0.01), 2).tolist())
-"""Candidate thresholds: 0.01, 0.02, ..., 0.99."""
-
-DEFAULT_OFFSETS = tuple(np.round(np.arange(-1.0, 2.0 + 1e-9, 0.05), 2).tolist())
-"""Candidate count offsets: -1.0, -0.95, ..., 2.0."""
+from weaklesion.scoring import (
+    DEFAULT_OFFSETS,
+    DEFAULT_THRESHOLDS,
+    LesionSettings,
+    OperatingCurve,
+    choose_operating_point,
+    count_offset_sweep,
+    detector_sweep,
+    find_lesions,
+    metric_curve,
+    operating_curve,
+    settings_for_config,
+    threshold_sweep,
+)
+from weaklesion.training.config import load_config
 
 DEFAULTS = {"threshold": 0.5, "count_offset": 0.5}
 """The setting used when nothing is tuned: threshold 0.5, rounding the count."""
@@ -65,348 +70,21 @@ DEFAULTS = {"threshold": 0.5, "count_offset": 0.5}
 OPERATING_POINT_FILE = "operating_point.json"
 FIGURE_FILE = Path("report") / "operating_point.png"
 
-_CONSTRAINED = re.compile(r"^(recall@fp<=|precision@recall>=)([0-9.eE+-]+)$")
-
-
-# ---------------------------------------------------------------------------- curves
-
-
-@dataclass(frozen=True, eq=False)
-class OperatingCurve:
-    """Per-case outcomes of a detector at each candidate setting of its knob.
-
-    Attributes
-    ----------
-    parameter : {"threshold", "count_offset"}
-        What the values set.
-    values : (K,) float ndarray
-        Candidate settings, the most conservative (fewest detections) first.
-    tp, fp, fn : (K, C) int ndarrays or None
-        True positives, false positives and false negatives of each case at each
-        setting; None without point labels.
-    predicted_count : (K, C) float ndarray
-        The count each setting predicts for each case.
-    truth_count : (C,) float ndarray
-        True count of each case.
-    """
-
-    parameter: str
-    values: np.ndarray
-    tp: np.ndarray | None
-    fp: np.ndarray | None
-    fn: np.ndarray | None
-    predicted_count: np.ndarray
-    truth_count: np.ndarray
-
-    def scores(self) -> dict[str, np.ndarray]:
-        """Pooled scores at each setting, ``(K,)`` arrays.
-
-        ``precision``, ``recall``, ``f1`` and ``fp_per_image`` (with point labels; the
-        conventions of :func:`weaklesion.metrics.detection_scores`), ``count_accuracy``
-        (predicted count rounded half up equals the truth) and ``count_mae``.
-        """
-        result = {}
-        if self.tp is not None:
-            tp, fp, fn = self.tp.sum(axis=1), self.fp.sum(axis=1), self.fn.sum(axis=1)
-            result["precision"] = _ratio(tp, tp + fp)
-            result["recall"] = _ratio(tp, tp + fn)
-            result["f1"] = _ratio(2 * tp, 2 * tp + fp + fn)
-            result["fp_per_image"] = fp / max(self.fp.shape[1], 1)
-        rounded = np.floor(self.predicted_count + 0.5)
-        result["count_accuracy"] = np.mean(rounded == self.truth_count, axis=1)
-        result["count_mae"] = np.mean(np.abs(self.predicted_count - self.truth_count), axis=1)
-        return result
-
-
-def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    """numerator / denominator, 1 where the denominator counts nothing."""
-    safe = np.where(denominator > 0, denominator, 1)
-    return np.where(denominator > 0, numerator / safe, 1.0)
-
-
-def _candidates(values: Sequence[float], name: str, descending: bool) -> np.ndarray:
-    array = np.unique(np.asarray(values, dtype=float).ravel())
-    if array.size == 0:
-        raise ValueError(f"{name}: is empty; expected candidate settings")
-    check_finite(array, name)
-    return array[::-1] if descending else array
-
-
-def _truth_arrays(truth_points, n_cases: int, spacing) -> tuple[list, list]:
-    if len(truth_points) != n_cases:
-        raise ValueError(
-            f"truth_points: has {len(truth_points)} cases but there are {n_cases} cases of "
-            "detections; expected one entry per case"
-        )
-    per_case = isinstance(spacing, list | tuple) and any(
-        s is None or np.ndim(s) == 1 for s in spacing
-    )
-    per_case = per_case or (isinstance(spacing, np.ndarray) and spacing.ndim == 2)
-    spacings = list(spacing) if per_case else [spacing] * n_cases
-    if len(spacings) != n_cases:
-        raise ValueError(f"spacing: has {len(spacings)} entries; expected one per case")
-    return [np.asarray(_values(t), dtype=float) for t in truth_points], spacings
-
-
-def threshold_sweep(
-    detections: Sequence[tuple[ArrayLike, ArrayLike]],
-    truth_points: Sequence[ArrayLike],
-    max_distance: float,
-    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-    spacing: Any = None,
-) -> OperatingCurve:
-    """Outcomes of keeping the detections scoring at least each threshold.
-
-    For detectors whose detections at a threshold are a subset of one scored list, as
-    the amplitudes of :func:`~weaklesion.detection.fit_gaussians`.
-
-    Parameters
-    ----------
-    detections : sequence of (points (P, D), scores (P,))
-        Every detection of each case with its score.
-    truth_points : sequence of (T, D) arrays
-        True lesion centres of each case.
-    max_distance : float
-        Largest match distance, in mm with ``spacing``, else voxels.
-    thresholds : sequence of floats
-        Candidates; sorted from the highest.
-    spacing : float, (D,) sequence, or list of per-case (D,) spacings or None, optional
-        Voxel size in mm, for every case or per case.
-
-    Returns
-    -------
-    OperatingCurve
-        ``parameter="threshold"``; the true positives at each threshold are those of
-        :func:`~weaklesion.metrics.match_points` on the kept detections.
-
-    Notes
-    -----
-    The one-to-one matching of the detections kept at each threshold comes from a single
-    pass of :func:`~weaklesion.metrics.hits_by_score` per case (a hit is a detection
-    that enlarges the maximum matching when added in decreasing score order), so the
-    sweep costs one matching per case whatever the number of thresholds.
-
-    Examples
-    --------
-    >>> found = [([[1.0, 1.0], [6.0, 6.0]], [0.9, 0.3])]
-    >>> curve = threshold_sweep(found, [[[1.0, 2.0], [6.0, 5.0]]], 2.0, [0.2, 0.5])
-    >>> curve.values, curve.tp[:, 0], curve.fn[:, 0]
-    (array([0.5, 0.2]), array([1, 2]), array([1, 0]))
-    """
-    values = _candidates(thresholds, "thresholds", descending=True)
-    truths, spacings = _truth_arrays(truth_points, len(detections), spacing)
-    tp, kept = [], []
-    for (points, scores), truth, case_spacing in zip(detections, truths, spacings, strict=True):
-        scores = np.asarray(_values(scores), dtype=float).ravel()
-        hits = hits_by_score(points, scores, truth, max_distance, case_spacing)
-        order = np.argsort(-scores, kind="stable")
-        # Detections kept at threshold t: those scoring >= t, a prefix of ``order``.
-        n_kept = np.searchsorted(-scores[order], -values, side="right")
-        tp.append(np.concatenate([[0], np.cumsum(hits[order])])[n_kept])
-        kept.append(n_kept)
-    tp_array = np.stack(tp, axis=1) if tp else np.zeros((len(values), 0), dtype=np.int64)
-    kept_array = np.stack(kept, axis=1) if kept else np.zeros_like(tp_array)
-    n_truth = np.array([len(t) for t in truths], dtype=np.int64)
-    return OperatingCurve(
-        "threshold",
-        values,
-        tp_array,
-        kept_array - tp_array,
-        n_truth - tp_array,
-        kept_array.astype(float),
-        n_truth.astype(float),
-    )
-
-
-def detector_sweep(
-    detect: Callable[[float, int], np.ndarray],
-    n_cases: int,
-    truth_points: Sequence[ArrayLike],
-    max_distance: float,
-    values: Sequence[float] = DEFAULT_THRESHOLDS,
-    spacing: Any = None,
-    parameter: str = "threshold",
-) -> OperatingCurve:
-    """Outcomes of any detector run afresh at each setting.
-
-    Parameters
-    ----------
-    detect : callable ``(value, case index) -> (P, D) points``
-        The detections of one case at one setting, e.g. the connected components of a
-        map above ``value``.
-    n_cases : int
-        Number of cases.
-    truth_points, max_distance, spacing
-        As for :func:`threshold_sweep`.
-    values : sequence of floats
-        Candidate settings.
-    parameter : {"threshold", "count_offset"}
-        The knob: thresholds are tried from the highest, offsets from the lowest.
-
-    Returns
-    -------
-    OperatingCurve
-
-    Examples
-    --------
-    >>> from weaklesion.detection import component_detections
-    >>> prob = np.zeros((8, 8))
-    >>> prob[1, 1], prob[5, 5] = 0.9, 0.4
-    >>> curve = detector_sweep(
-    ...     lambda t, c: component_detections(prob, t).points, 1, [[[1.0, 1.0]]], 1.5,
-    ...     [0.3, 0.6])
-    >>> curve.values, curve.fp[:, 0]
-    (array([0.6, 0.3]), array([0, 1]))
-    """
-    settings = _candidates(values, "values", descending=parameter == "threshold")
-    truths, spacings = _truth_arrays(truth_points, n_cases, spacing)
-    shape = (len(settings), n_cases)
-    tp, fp, fn = (np.zeros(shape, dtype=np.int64) for _ in range(3))
-    for k, value in enumerate(settings):
-        for case, (truth, case_spacing) in enumerate(zip(truths, spacings, strict=True)):
-            matches = match_points(detect(float(value), case), truth, max_distance, case_spacing)
-            tp[k, case], fp[k, case], fn[k, case] = matches.tp, matches.fp, matches.fn
-    n_truth = np.array([len(t) for t in truths], dtype=float)
-    return OperatingCurve(parameter, settings, tp, fp, fn, (tp + fp).astype(float), n_truth)
-
-
-def count_offset_sweep(
-    candidates: Sequence[tuple[ArrayLike, ArrayLike]],
-    counts: ArrayLike,
-    truth_counts: ArrayLike,
-    truth_points: Sequence[ArrayLike] | None,
-    max_distance: float,
-    offsets: Sequence[float] = DEFAULT_OFFSETS,
-    spacing: Any = None,
-) -> OperatingCurve:
-    """Outcomes of keeping the ``n = max(floor(count + b), 0)`` best candidates per case.
-
-    The GP-Unet rule: the predicted count says how many of the attention map's peaks
-    (ranked by value) are lesions; the offset ``b`` sets the rounding (0.5 rounds half
-    up, lower keeps fewer).
-
-    Parameters
-    ----------
-    candidates : sequence of (points (P, D), scores (P,))
-        Each case's candidates, e.g. :func:`~weaklesion.detection.peak_detections`.
-    counts : (C,) array
-        Predicted count of each case.
-    truth_counts : (C,) array
-        True count of each case.
-    truth_points : sequence of (T, D) arrays, or None
-        True lesion centres; without them the curve has count outcomes only.
-    max_distance, spacing
-        As for :func:`threshold_sweep`.
-    offsets : sequence of floats
-        Candidate offsets; sorted from the lowest.
-
-    Returns
-    -------
-    OperatingCurve
-        ``parameter="count_offset"``; ``predicted_count`` is ``n``.
-
-    Examples
-    --------
-    >>> peaks = [([[1.0, 1.0], [5.0, 5.0], [9.0, 9.0]], [0.9, 0.8, 0.1])]
-    >>> curve = count_offset_sweep(peaks, [1.4], [2], [[[1.0, 1.0], [5.0, 5.0]]], 1.0,
-    ...                            offsets=[0.0, 0.5, 0.7])
-    >>> curve.predicted_count[:, 0], curve.tp[:, 0]
-    (array([1., 1., 2.]), array([1, 1, 2]))
-    """
-    settings = _candidates(offsets, "offsets", descending=False)
-    predicted = np.asarray(_values(counts), dtype=float).ravel()
-    truth = np.asarray(_values(truth_counts), dtype=float).ravel()
-    if not len(predicted) == len(truth) == len(candidates):
-        raise ValueError(
-            f"counts, truth_counts: have {len(predicted)} and {len(truth)} entries for "
-            f"{len(candidates)} cases; expected one per case"
-        )
-    check_finite(predicted, "counts")
-    n = np.maximum(np.floor(predicted[None, :] + settings[:, None]), 0).astype(np.int64)
-    if truth_points is None:
-        return OperatingCurve("count_offset", settings, None, None, None, n.astype(float), truth)
-    truths, spacings = _truth_arrays(truth_points, len(candidates), spacing)
-    tp, kept = np.zeros_like(n), np.zeros_like(n)
-    for case, ((points, scores), truth_case, case_spacing) in enumerate(
-        zip(candidates, truths, spacings, strict=True)
-    ):
-        scores = np.asarray(_values(scores), dtype=float).ravel()
-        hits = hits_by_score(points, scores, truth_case, max_distance, case_spacing)
-        order = np.argsort(-scores, kind="stable")
-        kept[:, case] = np.minimum(n[:, case], len(scores))
-        tp[:, case] = np.concatenate([[0], np.cumsum(hits[order])])[kept[:, case]]
-    n_truth = np.array([len(t) for t in truths], dtype=np.int64)
-    return OperatingCurve(
-        "count_offset", settings, tp, kept - tp, n_truth - tp, n.astype(float), truth
-    )
-
-
-# ---------------------------------------------------------------------------- choice
-
-
-def metric_curve(curve: OperatingCurve, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """The value of ``metric`` at each setting, and the values to maximise.
-
-    Returns
-    -------
-    reported : (K,) float ndarray
-        The metric (NaN where a constraint fails).
-    objective : (K,) float ndarray
-        Higher is better; ``-inf`` where a constraint fails.
-
-    Examples
-    --------
-    >>> curve = OperatingCurve("threshold", np.array([0.6, 0.3]), np.array([[1], [2]]),
-    ...                        np.array([[0], [3]]), np.array([[1], [0]]),
-    ...                        np.array([[1.0], [5.0]]), np.array([2.0]))
-    >>> metric_curve(curve, "recall@fp<=1")[0]
-    array([0.5, nan])
-    """
-    scores = curve.scores()
-    constrained = _CONSTRAINED.match(metric)
-    if metric in ("count_accuracy", "count_mae"):
-        reported = scores[metric]
-        return reported, -reported if metric == "count_mae" else reported
-    if metric != "f1" and constrained is None:
-        raise ValueError(
-            f"metric: got {metric!r}; expected f1, recall@fp<=X, precision@recall>=X, "
-            "count_accuracy or count_mae"
-        )
-    if curve.tp is None:
-        raise ValueError(
-            f"metric: {metric!r} needs point labels and the cases have none; "
-            "use count_accuracy or count_mae"
-        )
-    if metric == "f1":
-        return scores["f1"], scores["f1"]
-    name, bound = constrained.group(1), float(constrained.group(2))
-    if name == "recall@fp<=":
-        reported, feasible = scores["recall"], scores["fp_per_image"] <= bound
-    else:
-        reported, feasible = scores["precision"], scores["recall"] >= bound
-    return np.where(feasible, reported, np.nan), np.where(feasible, reported, -np.inf)
-
-
-def choose_operating_point(curve: OperatingCurve, metric: str = "f1") -> int:
-    """Index of the best setting by ``metric``; ties go to the most conservative.
-
-    Raises
-    ------
-    ValueError
-        If no setting meets the metric's constraint.
-
-    Examples
-    --------
-    >>> curve = threshold_sweep([([[1.0], [5.0]], [0.9, 0.2])], [[[1.0]]], 1.0,
-    ...                         [0.1, 0.5, 0.8])
-    >>> float(curve.values[choose_operating_point(curve)])
-    0.8
-    """
-    _, objective = metric_curve(curve, metric)
-    if not np.any(np.isfinite(objective)):
-        raise ValueError(f"metric: no setting meets {metric!r} on these cases")
-    best = np.nanmax(objective)
-    return int(np.flatnonzero(np.isclose(objective, best, rtol=1e-12, atol=0.0))[0])
+__all__ = [
+    "DEFAULTS",
+    "DEFAULT_OFFSETS",
+    "DEFAULT_THRESHOLDS",
+    "OperatingCurve",
+    "choose_operating_point",
+    "count_offset_sweep",
+    "detector_sweep",
+    "metric_curve",
+    "read_operating_point",
+    "run_settings",
+    "stored_setting",
+    "threshold_sweep",
+    "tune_operating_point",
+]
 
 
 # ------------------------------------------------------------------------- from a run
@@ -481,8 +159,8 @@ def tune_operating_point(
     which: str = "best",
     values: Sequence[float] | None = None,
     max_distance: float | None = None,
-    max_lesions: int = 1000,
-    nms_size: int = 6,
+    max_lesions: int | None = None,
+    location: str | None = None,
     device: str = "cpu",
     progress: bool = False,
     write: bool = True,
@@ -513,12 +191,12 @@ def tune_operating_point(
     max_distance : float, optional
         Largest match distance; default the run's ``match_distance`` (mm when its sigma
         is in mm, else voxels).
-    max_lesions : int
-        Most lesions Gaussian fitting extracts per case (heatmap runs). The fitted
-        amplitudes depend on it when a map holds more candidates than this, so use the
-        value detection will use (``fit_gaussians``' and ``weaklesion detect``'s 1000).
-    nms_size : int
-        Non-maximum suppression box of the attention map's peaks (count runs).
+    max_lesions : int, optional
+        Most lesions Gaussian fitting extracts per case (heatmap runs); default the
+        run's (:data:`weaklesion.scoring.MAX_LESIONS`, as in validation and ``detect``).
+    location : {"max", "center_of_mass"}, optional
+        Where a component's detection sits (component runs); default the run's
+        (centre of mass for segmentation runs, else the maximum).
     device : str
         Where to run the model.
     progress : bool
@@ -543,13 +221,16 @@ def tune_operating_point(
         setting meets the metric's constraint.
     """
     from weaklesion.data.dataset import load_dataset
-    from weaklesion.detection import component_detections, fit_gaussians, peak_detections
     from weaklesion.training.checkpoint import load_run
-    from weaklesion.training.data import fit_sigma_voxels
 
     run_dir = Path(run_dir)
     checkpoint = run_dir / f"{which}.pt" if which in ("best", "last") else Path(which)
     model, config, info = load_run(run_dir, which, device)
+    settings = settings_for_config(config)
+    chosen_options = {"match_distance": max_distance, "max_lesions": max_lesions}
+    chosen_options["location"] = location
+    options = {k: v for k, v in chosen_options.items() if v is not None}
+    settings = settings.replace("option", **options) if options else settings
     dataset = load_dataset(data_root)
     cases = _validation_cases(dataset, split, info)
     if not cases:
@@ -563,49 +244,27 @@ def tune_operating_point(
         )
     truth_points = [c.points for c in cases] if all(c.points is not None for c in cases) else None
     predictions = _predict_cases(model, config, info, cases, device, progress)
-    in_mm = config.sigma_units == "mm"
-    spacings = [spacing if in_mm else None for _, spacing in predictions]
-    limit = config.match_distance if max_distance is None else float(max_distance)
+    maps = [p.map for p, _ in predictions]
+    spacings = [spacing for _, spacing in predictions]
     parameter = "count_offset" if config.target == "count" else "threshold"
     default = DEFAULTS[parameter]
     candidates = list(
         values or (DEFAULT_OFFSETS if parameter == "count_offset" else DEFAULT_THRESHOLDS)
     )
     candidates.append(default)
-
-    if config.target == "heatmap":
-        fits = [
-            fit_gaussians(p.map, fit_sigma_voxels(config, spacing), max_lesions=max_lesions)
-            for p, spacing in predictions
-        ]
-        curve = threshold_sweep(
-            [(f.points, f.scores) for f in fits], truth_points, limit, candidates, spacings
-        )
-        sigma = [fit_sigma_voxels(config, spacing).tolist() for _, spacing in predictions]
-        detector = {"name": "fit_gaussians", "sigma_voxels": sigma, "max_lesions": max_lesions}
-    elif config.target == "count":
-        peaks = [peak_detections(p.map, size=nms_size) for p, _ in predictions]
+    if config.target == "count":
+        peaks = [find_lesions(values, settings) for values in maps]
         curve = count_offset_sweep(
             [(found.points, found.scores) for found in peaks],
             [p.count for p, _ in predictions],
             [_count(c) for c in cases],
             truth_points,
-            limit,
+            settings.match_distance,
             candidates,
-            spacings,
+            [settings.match_spacing(spacing) for spacing in spacings],
         )
-        detector = {"name": "peak_detections, top n", "size": nms_size}
     else:
-        maps = [p.map for p, _ in predictions]
-        curve = detector_sweep(
-            lambda tau, case: component_detections(maps[case], tau).points,
-            len(maps),
-            truth_points,
-            limit,
-            candidates,
-            spacings,
-        )
-        detector = {"name": "component_detections"}
+        curve = operating_curve(maps, truth_points, settings, spacings, candidates)
 
     chosen = choose_operating_point(curve, metric)
     reported, _ = metric_curve(curve, metric)
@@ -621,8 +280,11 @@ def tune_operating_point(
         "scores": {name: values[chosen] for name, values in scores.items()},
         "default_scores": {name: values[at_default] for name, values in scores.items()},
         "kind": config.target,
-        "detector": detector,
-        "matching": {"max_distance": limit, "distance_unit": "mm" if in_mm else "voxel"},
+        "detector": settings.to_dict(),
+        "matching": {
+            "max_distance": settings.match_distance,
+            "distance_unit": "mm" if settings.units == "mm" else "voxel",
+        },
         "curve": {"values": curve.values, "metric": reported, **scores},
         "data": {
             "source": str(Path(dataset.source).resolve()),
@@ -751,3 +413,40 @@ def stored_setting(run_dir: str | os.PathLike) -> StoredSetting | None:
         if threshold is not None:
             return StoredSetting("threshold", float(threshold), "training")
     return None
+
+
+def run_settings(run_dir: str | os.PathLike) -> LesionSettings:
+    """How a run's maps become lesions, each setting with where it came from.
+
+    ``RUN/config.toml`` gives the detector, the fitted width and the matching distance
+    (:func:`~weaklesion.scoring.settings_for_config`); an operating point tuned for
+    ``RUN/best.pt`` gives its threshold (or count offset) and the detector settings it
+    was tuned with (component location, lesion cap, matching distance); without one,
+    the threshold training's validation chose (``RUN/metrics.json``). Reads no model
+    weights.
+
+    Raises
+    ------
+    ValueError
+        If ``run_dir`` is not a run folder.
+    """
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.toml"
+    if not config_path.is_file():
+        raise ValueError(f"{run_dir}: has no config.toml; expected a run folder of `train`")
+    settings = settings_for_config(load_config(config_path), f"run config ({config_path})")
+    stored = stored_setting(run_dir)
+    if stored is None:
+        return settings
+    path = run_dir / (OPERATING_POINT_FILE if stored.source == "tuned" else "metrics.json")
+    source = f"{'tuned' if stored.source == 'tuned' else 'training validation'} ({path})"
+    settings = settings.replace(source, **{stored.parameter: stored.value})
+    if stored.source == "tuned":
+        record = json.loads(path.read_text(encoding="utf-8"))
+        detector = record.get("detector") or {}
+        tuned = {k: detector[k] for k in ("location", "max_lesions") if k in detector}
+        distance = (record.get("matching") or {}).get("max_distance")
+        if distance is not None:
+            tuned["match_distance"] = float(distance)
+        settings = settings.replace(source, **tuned)
+    return settings

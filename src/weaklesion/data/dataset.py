@@ -321,10 +321,29 @@ def check_dataset(source: str | os.PathLike, progress: bool = False) -> list[str
             geometry[entry.id], channel_totals[entry.id] = found[:2], found[2]
     _check_channel_totals(layout, channel_totals, problems)
     _attach_labels(layout, {case: affine for case, (affine, _) in geometry.items()})
-    for entry in layout.entries.values():
-        if entry.points is not None and entry.id in geometry:
-            _check_points(entry, geometry[entry.id][1], problems)
+    mismatched = [
+        entry
+        for entry in layout.entries.values()
+        if entry.points is not None
+        and entry.id in geometry
+        and not _check_points(entry, geometry[entry.id][1], problems)
+    ]
+    if mismatched:
+        problems.append(_dimension_problem(mismatched, geometry))
     return problems
+
+
+def _dimension_problem(entries: list[_Entry], geometry: Mapping[str, tuple]) -> str:
+    """One line for every case whose points and image differ in dimension."""
+    first = entries[0]
+    image_dims = len(geometry[first.id][1])
+    point_dims = first.points.shape[1]
+    form = "case,y,x" if image_dims == 2 else "case,z,y,x"
+    return (
+        f"{first.point_origins[0]}: {len(entries)} case(s), first {first.id!r}, have "
+        f"{point_dims}D points but {image_dims}D images; points of {image_dims}D images "
+        f"are written {form}"
+    )
 
 
 def _dataset(layout: _Layout) -> Dataset:
@@ -823,16 +842,13 @@ def _check_channel_totals(
             )
 
 
-def _check_points(entry: _Entry, shape: tuple[int, ...], problems: list[str]) -> None:
+def _check_points(entry: _Entry, shape: tuple[int, ...], problems: list[str]) -> bool:
+    """Report the points outside the image; False if they differ from it in dimension."""
     points = entry.points
     if len(points) == 0:
-        return
+        return True
     if points.shape[1] != len(shape):
-        problems.append(
-            f"{entry.point_origins[0]}: case {entry.id!r} has {points.shape[1]}D points but a "
-            f"{len(shape)}D image"
-        )
-        return
+        return False
     upper = np.asarray(shape, dtype=float) - 0.5
     outside = np.flatnonzero(np.any((points < -0.5) | (points > upper), axis=1))
     for k in outside:
@@ -840,3 +856,4 @@ def _check_points(entry: _Entry, shape: tuple[int, ...], problems: list[str]) ->
             f"{entry.point_origins[k]}: point {tuple(np.round(points[k], 3).tolist())} of case "
             f"{entry.id!r} lies outside its image of shape {tuple(shape)}"
         )
+    return True

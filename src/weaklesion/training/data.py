@@ -9,7 +9,6 @@ every process of a distributed run agree on the order without talking.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from weaklesion.scoring import settings_for_config
 from weaklesion.training.config import TrainConfig
 
 # Independent random streams derived from the run's seed.
@@ -301,8 +301,7 @@ def fit_sigma_voxels(config: TrainConfig, spacing: Sequence[float]) -> np.ndarra
     >>> fit_sigma_voxels(config, [1.0, 1.0, 2.0]).tolist()
     [2.0, 2.0, 1.0]
     """
-    fitted = config.sigma if config.fit_sigma is None else config.fit_sigma
-    return sigma_voxels(dataclasses.replace(config, sigma=fitted), spacing)
+    return settings_for_config(config).sigma_voxels(spacing)
 
 
 def heatmap_scale(sigma: Sequence[float]) -> float:

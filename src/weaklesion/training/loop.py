@@ -18,10 +18,10 @@ target                 metrics
 heatmap                detection F1 (max) of iterative Gaussian fitting, the existence
                        threshold tuned on the validation cases; precision, recall,
                        count MAE of the summed heatmap
-euclidean, geodesic    detection F1 (max) of connected components, the threshold tuned
-                       on the validation cases
-segmentation (masks)   lesion F1 (max): components of the probability map at 0.5 hit a
-                       true lesion; Dice
+euclidean, geodesic    detection F1 (max) of connected components at their maximum,
+                       the threshold tuned on the validation cases
+segmentation (masks)   detection F1 (max) of connected components at their centre of
+                       mass, the threshold tuned on the validation cases; Dice
 segmentation           count NLL (min) of the Poisson-binomial count distribution, or
 (masks+counts)         of the count head's, over the bins 0 .. max_count (the last
                        "or more"); count accuracy, Dice
@@ -31,8 +31,12 @@ count (classification) presence NLL (min): the BCE of the output as the logit of
                        count > 0; presence accuracy
 =====================  ===============================================================
 
-A detection matches a true lesion within ``config.match_distance`` (in mm with
-``sigma_units="mm"``, else in voxels), one-to-one (:func:`weaklesion.metrics.match_points`).
+Detection is scored by :func:`weaklesion.scoring.operating_curve` with the run's
+:func:`~weaklesion.scoring.settings_for_config`, the function and settings ``tune``,
+``detect --run`` and ``evaluate --run`` use: a detection matches a true lesion (its point,
+or the centre of its mask) within ``config.match_distance`` (in mm with
+``sigma_units="mm"``, else in voxels), one-to-one, and the threshold is the one of
+:data:`~weaklesion.scoring.DEFAULT_THRESHOLDS` with the best F1 (ties: the highest).
 
 Transfer uses the same loop: ``config.init_from`` starts the network from another run's
 weights, ``config.freeze_encoder`` trains the decoder only, and ``config.label_fraction``
@@ -58,9 +62,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from weaklesion.data.phantom import instance_centres
 from weaklesion.inference import predict_image
 from weaklesion.io import atomic_write, write_json
 from weaklesion.models import freeze_encoder
+from weaklesion.scoring import (
+    DEFAULT_THRESHOLDS,
+    choose_operating_point,
+    operating_curve,
+    settings_for_config,
+)
 from weaklesion.training import distributed
 from weaklesion.training.checkpoint import (
     build_model_for,
@@ -76,7 +87,6 @@ from weaklesion.training.data import (
     TrainingCase,
     collate,
     epoch_batches,
-    fit_sigma_voxels,
     heatmap_scale,
     load_training_cases,
     sigma_voxels,
@@ -84,11 +94,6 @@ from weaklesion.training.data import (
 )
 from weaklesion.training.objectives import objective_for
 
-# Candidate existence thresholds tried when tuning detection on the validation cases.
-THRESHOLDS = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2).tolist())
-# Most lesions fitted per validation heatmap: an untrained network's flat output would
-# otherwise be cut into the detector's default of 1000 Gaussians every epoch.
-VALIDATION_MAX_LESIONS = 100
 # Config fields a resumed run may change: they do not alter what is computed.
 RESUMABLE_CHANGES = ("epochs", "device", "num_threads")
 # The one-cycle schedule: warm-up fraction, peak / initial rate, initial / final rate.
@@ -155,37 +160,6 @@ def _metric_name(config: TrainConfig) -> tuple[str, str]:
     return "f1", "max"
 
 
-def _tuned_detection(
-    detect: Callable[[float], list[np.ndarray]],
-    truths: Sequence[np.ndarray],
-    max_distance: float,
-    spacings: Sequence[np.ndarray | None],
-) -> dict[str, float]:
-    """Best F1 over :data:`THRESHOLDS` of ``detect(threshold)``, and the threshold giving it.
-
-    ``detect`` returns the detected points of every case at a threshold.
-    """
-    from weaklesion.metrics import detection_scores, match_points
-
-    best = {"f1": -1.0}
-    for threshold in THRESHOLDS:
-        found = detect(threshold)
-        scores = detection_scores(
-            [
-                match_points(points, truth, max_distance, spacing=spacing)
-                for points, truth, spacing in zip(found, truths, spacings, strict=True)
-            ]
-        )
-        if scores.f1 > best["f1"]:
-            best = {
-                "f1": scores.f1,
-                "precision": scores.precision,
-                "recall": scores.recall,
-                "threshold": threshold,
-            }
-    return best
-
-
 def _dice(probabilities: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     """Intersection and sum of sizes of the 0.5-binarised map and the true mask."""
     predicted = probabilities >= 0.5
@@ -223,67 +197,62 @@ def validate(
             "count_mae": count_mae(predicted, truth),
             "count_accuracy": count_accuracy(predicted, truth),
         }
-    if config.target == "segmentation":
-        return _segmentation_metrics(predictions, cases, config)
-    spacings = [case.spacing if config.sigma_units == "mm" else None for case in cases]
-    if config.target == "heatmap":
-        from weaklesion.detection import fit_gaussians
-
-        fits = [
-            fit_gaussians(
-                p.map, fit_sigma_voxels(config, case.spacing), max_lesions=VALIDATION_MAX_LESIONS
-            )
-            for p, case in zip(predictions, cases, strict=True)
-        ]
-
-        def detect(threshold: float) -> list[np.ndarray]:
-            return [found.points[found.scores >= threshold] for found in fits]
-    else:
-        from weaklesion.detection import component_detections
-
-        def detect(threshold: float) -> list[np.ndarray]:
-            return [component_detections(p.map, threshold).points for p in predictions]
-
-    truths = [case.points for case in cases]
-    metrics = _tuned_detection(detect, truths, config.match_distance, spacings)
+    if config.labels == "masks+counts":
+        return _count_distribution_metrics(predictions, cases, config)
+    settings = settings_for_config(config)
+    truths = [_truth_points(case) for case in cases]
+    curve = operating_curve(
+        [p.map for p in predictions],
+        truths,
+        settings,
+        [case.spacing for case in cases],
+        DEFAULT_THRESHOLDS,
+    )
+    best = choose_operating_point(curve, "f1")
+    scores = curve.scores()
+    metrics = {name: float(scores[name][best]) for name in ("f1", "precision", "recall")}
+    metrics["threshold"] = float(curve.values[best])
     if config.target == "heatmap":
         errors = [abs(p.count - len(t)) for p, t in zip(predictions, truths, strict=True)]
         metrics["count_mae"] = float(np.mean(errors))
+    if config.target == "segmentation":
+        metrics["dice"] = _pooled_dice(predictions, cases)
     return metrics
 
 
-def _segmentation_metrics(predictions, cases, config: TrainConfig) -> dict[str, float]:
-    from weaklesion.metrics import detection_scores, match_to_regions
+def _truth_points(case: TrainingCase) -> np.ndarray:
+    """True lesion centres of a case: its points, else its mask instances' centres."""
+    if case.points is not None:
+        return case.points
+    labels = np.unique(case.instances, return_inverse=True)[1].reshape(case.instances.shape)
+    return instance_centres(labels if (case.instances == 0).any() else labels + 1)
 
+
+def _pooled_dice(predictions, cases: Sequence[TrainingCase]) -> float:
     intersection = total = 0.0
-    matches = []
-    nll, correct = [], []
     for prediction, case in zip(predictions, cases, strict=True):
         overlap, size = _dice(prediction.map, case.instances > 0)
         intersection, total = intersection + overlap, total + size
-        if config.labels == "masks+counts":
-            from weaklesion.inference import predicted_count_distribution
+    return 1.0 if total == 0 else 2 * intersection / total
 
-            # Bins 0 .. max_count, the last "or more", as in training: a count head's
-            # pmf and the Poisson-binomial one are scored alike.
-            distribution = predicted_count_distribution(prediction, config.max_count)
-            pmf = np.asarray(distribution.pmf, dtype=float)
-            truth = min(int(case.count), len(pmf) - 1)
-            probability = pmf[truth]
-            nll.append(-math.log(max(probability, 1e-12)))
-            correct.append(int(np.argmax(pmf)) == truth)
-        else:
-            from weaklesion.detection import component_detections
 
-            found = component_detections(prediction.map, threshold=0.5)
-            matches.append(match_to_regions(np.asarray(found.points), case.instances))
-    metrics = {"dice": 1.0 if total == 0 else 2 * intersection / total}
-    if config.labels == "masks+counts":
-        metrics.update(count_nll=float(np.mean(nll)), count_accuracy=float(np.mean(correct)))
-    else:
-        scores = detection_scores(matches)
-        metrics.update(f1=scores.f1, precision=scores.precision, recall=scores.recall)
-    return metrics
+def _count_distribution_metrics(predictions, cases, config: TrainConfig) -> dict[str, float]:
+    from weaklesion.inference import predicted_count_distribution
+
+    nll, correct = [], []
+    for prediction, case in zip(predictions, cases, strict=True):
+        # Bins 0 .. max_count, the last "or more", as in training: a count head's
+        # pmf and the Poisson-binomial one are scored alike.
+        distribution = predicted_count_distribution(prediction, config.max_count)
+        pmf = np.asarray(distribution.pmf, dtype=float)
+        truth = min(int(case.count), len(pmf) - 1)
+        nll.append(-math.log(max(pmf[truth], 1e-12)))
+        correct.append(int(np.argmax(pmf)) == truth)
+    return {
+        "count_nll": float(np.mean(nll)),
+        "count_accuracy": float(np.mean(correct)),
+        "dice": _pooled_dice(predictions, cases),
+    }
 
 
 def _is_better(value: float, best: float | None, mode: str) -> bool:
