@@ -87,7 +87,7 @@ def reference_fit_gaussians(heatmap, sigma, stop=0.01, max_lesions=1000):
         support, density = gaussian_window(mu, sigma, residual.shape)
         residual[support] -= alpha * density
     amplitudes = np.array(amplitudes)
-    order = np.argsort(-np.clip(amplitudes, 0, 1), kind="stable")
+    order = np.argsort(-amplitudes, kind="stable")
     centres = np.array(centres).reshape(-1, residual.ndim)
     return centres[order], amplitudes[order], np.array(sums)[order]
 

@@ -11,6 +11,7 @@ import torch
 from weaklesion.data.dataset import load_dataset
 from weaklesion.data.normalize import zscore
 from weaklesion.data.phantom import write_phantom_dataset
+from weaklesion.detection import fit_gaussians
 from weaklesion.inference import predict_cases, predict_image
 from weaklesion.io import read_image, write_image
 from weaklesion.models import GPUNet, UNet
@@ -176,7 +177,13 @@ def test_predict_cases_writes_maps_with_the_input_affine(run_and_data, tmp_path)
         np.testing.assert_array_equal(affine, arrays.affine)
         expected = predict_image(model, zscore(arrays.image), "heatmap", scale=4.0)
         np.testing.assert_allclose(written_map, expected.map, rtol=1e-5, atol=1e-6)
-        assert summary["cases"][case.id]["count"] == pytest.approx(expected.count, rel=1e-5)
+        entry = summary["cases"][case.id]
+        assert entry["map_sum"] == pytest.approx(expected.count, rel=1e-5)
+        # The count: the expected number of fitted lesions, each existing with its
+        # clipped amplitude (sigma 1 voxel, the run's).
+        fitted = fit_gaussians(written_map, 1.0)
+        assert entry["count"] == pytest.approx(fitted.scores.sum(), rel=1e-6)
+        assert entry["count_distribution"]["mean"] == entry["count"]
 
 
 def test_predict_cases_on_npy_files_writes_npy(run_and_data, tmp_path):

@@ -318,7 +318,7 @@ def test_load_run_detect_and_evaluate_use_the_tuned_threshold(tuned_run, tmp_pat
         ],
     )
     assert result.exit_code == 0, result.output
-    assert f"threshold {value:g} from the run: tuned" in result.output
+    assert f"threshold {value} (tuned" in result.output
     found = read_detections_csv(detections)
     everything = runner.invoke(
         app, ["detect", *map(str, heatmaps), "--sigma", "1.5", "--out", str(tmp_path / "all.csv")]

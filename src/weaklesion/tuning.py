@@ -14,7 +14,8 @@ heatmap                     ``threshold``: existence threshold on the amplitudes
                             iterative Gaussian fitting (:func:`fit_gaussians`)
 euclidean, geodesic,        ``threshold``: the map is cut at ``tau`` and each
 segmentation                connected component is a lesion
-                            (:func:`component_detections`)
+                            (:func:`component_detections`), at its maximum, or
+                            at its centre of mass for segmentation
 count (GP-Unet)             ``count_offset`` ``b``: keep the ``n = max(floor(c + b),
                             0)`` highest peaks of the attention map after non-maximum
                             suppression, ``c`` the predicted count; ``b = 0.5`` is
@@ -27,6 +28,11 @@ false positives per image); ``"precision@recall>=X"``; ``"count_accuracy"`` and
 are pooled over cases and need point labels; count metrics need counts. Candidates are
 ordered from the most conservative (highest threshold, lowest offset) and ties go to the
 most conservative one.
+
+The detectors and the matching are the run's :class:`~weaklesion.scoring.LesionSettings`,
+scored by :func:`~weaklesion.scoring.operating_curve` as in training's validation; the
+curves and the choice of a setting live in :mod:`weaklesion.scoring` and are re-exported
+here. :func:`run_settings` reads a run's settings back, each with where it came from.
 
 The choice is written to ``RUN/operating_point.json`` with the metric, the whole curve,
 the cases and data it came from, and the SHA-256 of the checkpoint it was tuned for (a
