@@ -143,7 +143,7 @@ class Replay(nn.Module):
         return x * 1.0
 
 
-def test_validation_finds_all_300_lesions_of_a_dense_image():
+def test_validation_and_detect_find_all_300_lesions_of_a_dense_image(tmp_path):
     sigma = 1.5
     truth = grid_points((228, 228), 12, 6)[:300]
     assert len(truth) == 300
@@ -153,8 +153,14 @@ def test_validation_finds_all_300_lesions_of_a_dense_image():
     config = TrainConfig(sigma=sigma, spatial_dims=2, match_distance=2.0)
     metrics = validate(Replay(), [case], config, scale)
     assert metrics["recall"] == 1.0 and metrics["f1"] == 1.0
-    found = find_lesions(peak_one / scale, LesionSettings(sigma=sigma), threshold=0.5)
-    assert match_points(found.points, truth, 2.0).tp == 300
+    run = make_run(tmp_path / "run", sigma=sigma, match_distance=2.0)
+    (run / "metrics.json").write_text(json.dumps({"best_threshold": metrics["threshold"]}))
+    np.save(tmp_path / "dense_heatmap.npy", peak_one / scale)
+    out = tmp_path / "lesions.csv"
+    result = invoke("detect", tmp_path / "dense_heatmap.npy", "--run", run, "--out", out)
+    assert result.exit_code == 0, result.output
+    found = read_detections_csv(out)["dense"]
+    assert match_points(found.points, truth, 2.0).tp == len(found) == 300
 
 
 def flat_topped(shape=(40, 40)):
