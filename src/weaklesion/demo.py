@@ -19,7 +19,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from weaklesion.counting import count_distribution, count_statistics, poisson_binomial_pmf
+from weaklesion.counting import count_distribution
 from weaklesion.detection import (
     Detections,
     component_detections,
@@ -31,6 +31,7 @@ from weaklesion.io import write_json
 from weaklesion.metrics import detection_scores, match_points
 from weaklesion.report import plot_froc, plot_reliability, plot_slices
 from weaklesion.report.html import evaluation_outcomes, write_report
+from weaklesion.scoring import find_lesions, lesion_count_distribution, settings_for_config
 from weaklesion.targets import gaussian_heatmap
 
 
@@ -303,7 +304,6 @@ def run_demo(
     from weaklesion.inference import predict_image
     from weaklesion.metrics import evaluate_detections
     from weaklesion.training import load_config, load_run, train
-    from weaklesion.training.data import fit_sigma_voxels
 
     console = console or Console()
     out = Path(out)
@@ -326,6 +326,7 @@ def run_demo(
     clock = time.perf_counter()
     model, config, info = load_run(run_dir)
     threshold = float(info["threshold"]) if info.get("threshold") is not None else 0.5
+    settings = settings_for_config(config)
     test_cases = load_dataset(data).split_cases("test")
     truth, sizes, spacing = lesion_truth(data, [case.id for case in test_cases])
     found, maps, counts = {}, {}, {}
@@ -334,21 +335,23 @@ def run_demo(
         prediction = predict_image(
             model, zscore(arrays.image), config.target, scale=info["heatmap_scale"]
         )
-        fitted = fit_gaussians(prediction.map, fit_sigma_voxels(config, spacing[case.id]))
+        fitted = find_lesions(prediction.map, settings, spacing[case.id])
         found[case.id] = fitted
         maps[case.id] = (arrays.image[0], prediction.map)
         # The fitted amplitudes are existence probabilities, so the lesion count is
         # their Poisson-binomial variable.
-        pmf = poisson_binomial_pmf(np.clip(fitted.scores, 0.0, 1.0))
-        counts[case.id] = {"truth": len(truth[case.id]), **count_statistics(pmf).to_dict()}
+        distribution = lesion_count_distribution(fitted)
+        counts[case.id] = {"truth": len(truth[case.id]), **distribution.to_dict()}
     timings["predict_and_detect"] = time.perf_counter() - clock
 
     report = evaluate_detections(
         {case: (lesions.points, lesions.scores) for case, lesions in found.items()},
         truth,
-        config.match_distance,
+        settings.match_distance,
         threshold=threshold,
+        spacing=spacing if settings.units == "mm" else None,
         truth_sizes=sizes,
+        ranking={case: lesions.extras["amplitude"] for case, lesions in found.items()},
     )
     report["settings"].update(
         {"data": str(data), "run": str(run_dir), "sigma": config.sigma, "seed": seed}
@@ -362,7 +365,7 @@ def run_demo(
     write_report(
         out / "report.html",
         report,
-        evaluation_outcomes(report, pairs, truth),
+        evaluation_outcomes(report, pairs, truth, spacing),
         lambda case: maps[case][0],
         run_dir,
         title="weaklesion demo: heatmap regression from points, held-out phantom cases",
