@@ -430,3 +430,38 @@ def test_count_run_counts_the_fitted_lesions_of_a_heatmap_run(tmp_path):
 
     n = len(truth)
     np.testing.assert_allclose(pmf, binom.pmf(range(n + 1), n, 0.8), atol=1e-3)
+
+
+def test_run_settings_take_the_tuned_operating_point_and_its_detector(tmp_path):
+    import hashlib
+
+    from weaklesion.tuning import run_settings
+
+    run = make_run(tmp_path / "run", labels="masks", match_distance=5.0)
+    settings = run_settings(run)
+    assert (settings.method, settings.location, settings.threshold) == (
+        "components",
+        "center_of_mass",
+        None,
+    )
+    assert settings.sources["location"] == f"run config ({run / 'config.toml'})"
+    (run / "best.pt").write_bytes(b"weights")
+    record = {
+        "parameter": "threshold",
+        "value": 0.3,
+        "detector": {"location": "max", "max_lesions": 50},
+        "matching": {"max_distance": 4.0},
+        "run": {"checkpoint": "best.pt", "sha256": hashlib.sha256(b"weights").hexdigest()},
+    }
+    (run / "operating_point.json").write_text(json.dumps(record))
+    (run / "metrics.json").write_text(json.dumps({"best_threshold": 0.7}))
+    tuned = run_settings(run)
+    assert (tuned.threshold, tuned.location, tuned.max_lesions) == (0.3, "max", 50)
+    assert tuned.match_distance == 4.0
+    assert (
+        tuned.sources["threshold"].startswith("tuned")
+        and tuned.sources["location"] == (tuned.sources["threshold"])
+    )
+    (run / "operating_point.json").unlink()
+    assert run_settings(run).threshold == 0.7
+    assert run_settings(run).sources["threshold"].startswith("training validation")

@@ -847,7 +847,8 @@ def froc_curve(
     -------
     FROCCurve
         One operating point per distinct score, after a first point that keeps nothing
-        (threshold ``inf``, 0 FPs). Sensitivity is hits / all truth lesions (1 when
+        (threshold ``inf``, 0 FPs): detections of equal score are kept or dropped
+        together, never ranked among themselves. Sensitivity is hits / all truth lesions (1 when
         there is none); FPs per image are kept non-hits / number of cases. No cases
         give an empty curve.
 
