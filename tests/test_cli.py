@@ -170,7 +170,7 @@ def test_detect_finds_planted_gaussians_in_a_nifti_map(tmp_path):
     order = np.argsort(found.points[:, 0])
     np.testing.assert_allclose(found.points[order], points, atol=0.05)
     rows = out.read_text().splitlines()
-    assert "z_mm" in rows[0]
+    assert rows[0].split(",")[4:7] == ["world_x_mm", "world_y_mm", "world_z_mm"]
 
 
 # Bad input: one line, non-zero exit, nothing half-written.

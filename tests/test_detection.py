@@ -673,7 +673,8 @@ def test_csv_round_trip(tmp_path, dims):
     found.to_csv(path, case="case_7", affine=affine)
     rows = path.read_text().splitlines()
     axes = ["z", "y", "x"][3 - dims :]
-    assert rows[0].split(",")[: 1 + 2 * dims] == ["case", *axes, *(f"{a}_mm" for a in axes)]
+    world = [f"world_{a}_mm" for a in "xyz"[:dims]]  # the affine's output axes
+    assert rows[0].split(",")[: 1 + 2 * dims] == ["case", *axes, *world]
     table = np.array([[float(v) for v in row.split(",")[1:]] for row in rows[1:]])
     np.testing.assert_allclose(table[:, dims : 2 * dims], apply_affine(affine, found.points))
     assert_same(Detections.from_csv(path, case="case_7"), found)

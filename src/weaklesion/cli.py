@@ -8,6 +8,7 @@ and exit status 2, never a traceback, and never a half-written output file.
 from __future__ import annotations
 
 import functools
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
@@ -82,8 +83,17 @@ def _refuse_bad_input(command: Callable) -> Callable:
             message = str(error) or error.__class__.__name__
             if isinstance(error, KeyError):
                 message = message.strip("'\"")
+            if isinstance(error, OSError) and error.filename and error.strerror:
+                message = f"{error.filename}: {error.strerror}"
             typer.echo(f"error: {message.splitlines()[0]}", err=True)
             raise typer.Exit(EXIT_BAD_INPUT) from None
+        except KeyboardInterrupt as error:
+            # Temporaries are already removed; outputs hold their previous state.
+            number = getattr(error, "signal_number", signal.SIGINT)
+            typer.echo(
+                f"interrupted ({signal.Signals(number).name}); no output was changed", err=True
+            )
+            raise typer.Exit(128 + number) from None
 
     return wrapper
 
@@ -131,20 +141,13 @@ def _read_map(path: Path, channel: int | None) -> tuple[np.ndarray, np.ndarray]:
     Returns the spatial map and its voxel-to-world affine. A multi-channel map (C, ...)
     gives channel ``channel`` (default 1, the first foreground class of nnU-Net).
     """
-    from weaklesion.io import read_image
+    from weaklesion._validation import check_finite
+    from weaklesion.io import read_image, read_nnunet_probabilities
 
     if not path.exists():
         raise ValueError(f"{path}: no such file")
     if path.name.endswith(".npz"):
-        with np.load(path) as archive:
-            key = next((k for k in ("probabilities", "softmax") if k in archive), None)
-            if key is None:
-                raise ValueError(
-                    f"{path}: has arrays {sorted(archive.files)}; expected 'probabilities' "
-                    "(nnU-Net --save_probabilities)"
-                )
-            values = archive[key]
-        affine = np.eye(values.ndim)
+        values, affine = read_nnunet_probabilities(path)
     else:
         values, affine = read_image(path)
     spatial = affine.shape[0] - 1
@@ -157,6 +160,7 @@ def _read_map(path: Path, channel: int | None) -> tuple[np.ndarray, np.ndarray]:
         values = values[index]
     elif channel not in (None, 0):
         raise ValueError(f"{path}: has one channel; --channel {channel} does not exist")
+    check_finite(values, str(path))
     # Float maps keep their precision (float32 maps are fitted as validation fits them).
     values = np.asarray(values)
     return (values if values.dtype.kind == "f" else values.astype(np.float64)), affine
@@ -257,8 +261,14 @@ def synth_phantom(
     seed: Annotated[int, typer.Option(help="Dataset seed.")] = 0,
     shape: Annotated[str, typer.Option(help="Volume shape z,y,x in voxels.")] = "32,64,64",
     spacing: Annotated[str, typer.Option(help="Voxel size z,y,x in mm.")] = "1,1,1",
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace OUT if it holds files (as a whole).")
+    ] = False,
 ) -> None:
     """Write a deterministic synthetic 3D lesion dataset (images, masks, points, counts).
+
+    OUT appears complete or not at all; a folder that holds files is refused unless
+    --overwrite replaces it.
 
     Example: weaklesion synth phantom --out data/phantom --cases 48 --seed 0
     """
@@ -272,6 +282,7 @@ def synth_phantom(
         shape=size,
         spacing=_parse_floats(spacing, "spacing"),
         progress=sys.stderr.isatty(),
+        overwrite=overwrite,
     )
     typer.echo(f"wrote {cases} cases to {root}")
 
@@ -391,8 +402,14 @@ def predict(
         str | None,
         typer.Option(help="Predict only this split of the dataset, e.g. test [default: all]."),
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace OUT if it holds files (as a whole).")
+    ] = False,
 ) -> None:
     """Predict maps (heatmap, probabilities or attention) with the input's affine.
+
+    OUT appears complete or not at all; a folder that holds files is refused unless
+    --overwrite replaces it.
 
     Example: weaklesion predict data/phantom --split test --run runs/heatmap
     --out predictions
@@ -412,6 +429,7 @@ def predict(
         progress=sys.stderr.isatty(),
         attention=attention,
         split=split,
+        overwrite=overwrite,
     )
     typer.echo(f"wrote {len(written)} file(s) to {out}")
 
@@ -982,6 +1000,9 @@ def bench(
 
 def main() -> None:
     """Entry point of the console script."""
+    from weaklesion.writing import raise_on_termination
+
+    raise_on_termination()
     app()
 
 

@@ -311,7 +311,9 @@ def run_demo(
     timings: dict[str, float] = {}
     started = time.perf_counter()
     n_cases = sum(splits)
-    data = write_phantom_dataset(out / "data", n_cases=n_cases, seed=seed, splits=splits)
+    data = write_phantom_dataset(
+        out / "data", n_cases=n_cases, seed=seed, splits=splits, overwrite=True
+    )
     timings["synthesise"] = time.perf_counter() - started
     console.print(f"phantom: {n_cases} cases in {data} ({'/'.join(map(str, splits))} split)")
 

@@ -46,6 +46,12 @@ from weaklesion.io import atomic_write
 from weaklesion.targets import gaussian_window
 
 _AXES = {2: ("y", "x"), 3: ("z", "y", "x")}
+# CSV columns of world coordinates: the affine's output x, y[, z] (RAS+ mm for NIfTI).
+# Files written before they were named so called them z_mm, y_mm, x_mm; both are read.
+_WORLD_COLUMNS = {2: ("world_x_mm", "world_y_mm"), 3: ("world_x_mm", "world_y_mm", "world_z_mm")}
+_RESERVED_COLUMNS = frozenset(
+    {"case", "score", *_AXES[3], *_WORLD_COLUMNS[3], *(f"{a}_mm" for a in _AXES[3])}
+)
 _FULL_CONNECTIVITY = {2: 8, 3: 26}
 _CONNECTIVITIES = {2: (4, 8), 3: (6, 18, 26)}
 
@@ -90,7 +96,8 @@ class Detections:
     extras : dict of str to (N,) arrays
         Named per-lesion values that depend on the detector (``amplitude``,
         ``window_sum``, ``size``, ...). Names must differ from the CSV columns ``case``,
-        ``z``, ``y``, ``x``, ``z_mm``, ``y_mm``, ``x_mm`` and ``score``.
+        ``z``, ``y``, ``x``, ``world_x_mm``, ``world_y_mm``, ``world_z_mm``, ``score`` and
+        the former ``z_mm``, ``y_mm``, ``x_mm``.
 
     Examples
     --------
@@ -122,7 +129,7 @@ class Detections:
             )
         check_finite(scores, "scores")
         extras = {}
-        reserved = {"case", "score", *_AXES[3], *(f"{a}_mm" for a in _AXES[3])}
+        reserved = _RESERVED_COLUMNS
         for name, values in dict(self.extras).items():
             if not isinstance(name, str) or not name or name in reserved:
                 raise ValueError(
@@ -274,10 +281,12 @@ class Detections:
         affine: ArrayLike | None = None,
         spacing: float | Sequence[float] | None = None,
     ) -> None:
-        """Write one row per detection: [case,] z, y, x, [z_mm, y_mm, x_mm,] score, extras.
+        """Write one row per detection: [case,] z, y, x, [world x, y, z,] score, extras.
 
-        The ``case`` column is written when ``case`` is given; the world columns (mm,
-        see :meth:`to_world`) when ``affine`` or ``spacing`` is given. 2D detections
+        The ``case`` column is written when ``case`` is given; the world columns
+        ``world_x_mm, world_y_mm, world_z_mm`` (see :meth:`to_world`: the affine's
+        output, RAS+ mm for a NIfTI image, not the array axes z, y, x) when ``affine``
+        or ``spacing`` is given. 2D detections
         have y, x only. Floats are written in full precision, so reading back gives
         the same numbers. To write many cases to one file use
         :func:`write_detections_csv`.
@@ -288,7 +297,7 @@ class Detections:
         >>> path = pathlib.Path(tempfile.mkdtemp()) / "detections.csv"
         >>> Detections([[1.0, 2.5]], [0.75], {"size": [4]}).to_csv(path, spacing=0.5)
         >>> print(path.read_text().strip())
-        y,x,y_mm,x_mm,score,size
+        y,x,world_x_mm,world_y_mm,score,size
         1.0,2.5,0.5,1.25,0.75,4
         >>> Detections.from_csv(path).points
         array([[1. , 2.5]])
@@ -438,7 +447,7 @@ def _write_csv(path, groups, with_case: bool) -> None:
     header = (
         (["case"] if with_case else [])
         + axes
-        + ([f"{a}_mm" for a in axes] if world[0] else [])
+        + (list(_WORLD_COLUMNS[dims]) if world[0] else [])
         + ["score", *first.extras]
     )
     for case, found, _, _ in groups:
@@ -468,12 +477,11 @@ def _format_number(value: float | int) -> str:
 
 def _empty_like_columns(columns: list[str]) -> Detections:
     dims = 3 if "z" in columns else 2
-    return Detections.empty(dims, _extra_columns(columns, dims))
+    return Detections.empty(dims, _extra_columns(columns))
 
 
-def _extra_columns(columns: list[str], dims: int) -> list[str]:
-    known = {"case", "score", *_AXES[dims], *(f"{a}_mm" for a in _AXES[dims])}
-    return [c for c in columns if c not in known]
+def _extra_columns(columns: list[str]) -> list[str]:
+    return [c for c in columns if c not in _RESERVED_COLUMNS]
 
 
 def _read_csv(path) -> tuple[list[str], dict[str, Detections]]:
@@ -493,7 +501,7 @@ def _read_csv(path) -> tuple[list[str], dict[str, Detections]]:
             )
     if len(set(columns)) != len(columns):
         raise ValueError(f"{path}: header {','.join(columns)} repeats a column name")
-    extras = _extra_columns(columns, dims)
+    extras = _extra_columns(columns)
     numeric = [*_AXES[dims], "score", *extras]
     where = {name: columns.index(name) for name in columns}
     cases: dict[str, list[list[str]]] = {}

@@ -26,6 +26,7 @@ from torch import nn
 from weaklesion._validation import check_finite
 from weaklesion.io import write_json
 from weaklesion.scoring import find_lesions, lesion_count_distribution, settings_for_config
+from weaklesion.writing import check_output_folder, output_folder
 
 if TYPE_CHECKING:
     from weaklesion.counting import CountDistribution
@@ -297,8 +298,8 @@ _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
 def _input_cases(inputs, spacing: Sequence[float] | None, split: str | None = None) -> list:
-    """Cases to predict: every case of a dataset folder or datalist (of its ``split``
-    when given), or image files.
+    """Cases to predict: every case of a dataset folder or ``.json`` datalist (of its
+    ``split`` when given), or image files.
 
     Files named ``CASE_0000``, ``CASE_0001``, ... are the channels of one case ``CASE``;
     any other file is a case of its own, named after the file.
@@ -306,7 +307,9 @@ def _input_cases(inputs, spacing: Sequence[float] | None, split: str | None = No
     from weaklesion.data.dataset import Case, load_dataset
     from weaklesion.io import image_suffix
 
-    if isinstance(inputs, str | os.PathLike) and not Path(inputs).is_file():
+    if isinstance(inputs, str | os.PathLike) and (
+        not Path(inputs).is_file() or Path(inputs).suffix.lower() == ".json"
+    ):
         dataset = load_dataset(inputs)
         return list(dataset) if split is None else dataset.split_cases(split)
     if split is not None:
@@ -341,8 +344,9 @@ def predict_cases(
     progress: bool = True,
     attention: str | None = None,
     split: str | None = None,
+    overwrite: bool = False,
 ) -> list[Path]:
-    """Predict the map of every input case with a trained run and write it next to its kin.
+    """Predict the map of every input case with a trained run and write them to a folder.
 
     Parameters
     ----------
@@ -352,7 +356,9 @@ def predict_cases(
         A dataset folder or datalist (every case is predicted), or image files; files
         named ``CASE_0000``, ``CASE_0001``, ... are the channels of case ``CASE``.
     out_dir : path
-        Where to write; created if needed.
+        Folder to write, missing or empty unless ``overwrite``. It appears complete or
+        not at all: the maps are written to a hidden sibling, moved into place once
+        every case is done (see :func:`weaklesion.writing.output_folder`).
     which : {"best", "last"} or path
         Checkpoint of the run to use.
     patch_size : sequence of ints or None
@@ -371,6 +377,8 @@ def predict_cases(
         to 0) as ``CASE_<attention>`` instead of the signed CAM ``CASE_count``.
     split : str, optional
         Predict only the cases of this split of the dataset (e.g. ``"test"``).
+    overwrite : bool
+        Replace a folder ``out_dir`` that holds files, as a whole.
 
     Returns
     -------
@@ -392,14 +400,18 @@ def predict_cases(
     Raises
     ------
     ValueError
-        If an input cannot be read or has a different number of channels or spatial
-        dimensions than the model was trained on.
+        If ``out_dir`` holds files and ``overwrite`` is False, a case id is not a plain
+        name, or an input cannot be read or has a different number of channels or
+        spatial dimensions than the model was trained on.
     """
+    from weaklesion.data.dataset import case_id_problem
     from weaklesion.data.normalize import zscore
     from weaklesion.io import affine_spacing, image_suffix, write_image
     from weaklesion.training.checkpoint import load_run
     from weaklesion.training.distributed import device_for
 
+    out_dir = Path(out_dir)
+    check_output_folder(out_dir, overwrite)
     model, config, info = load_run(run_dir, which, device_for(device))
     kind = config.target
     if attention is not None:
@@ -412,72 +424,73 @@ def predict_cases(
                 f"attention: {attention!r} maps are made by count networks on whole images; "
                 f"got a {kind!r} run, patch_size {patch_size}, mc_samples {mc_samples}"
             )
-    out_dir = Path(out_dir)
     cases = _input_cases(inputs, info.get("spacing"), split)
+    for case in cases:
+        problem = case_id_problem(case.id)
+        if problem is not None:
+            raise ValueError(f"{case.channels[0]}: case {problem}")
     settings = settings_for_config(config)
-    written, summary = [], {}
+    names, summary = [], {}
     if progress:
         from rich.progress import track
 
         cases = track(cases, description="Predicting")
-    for case in cases:
-        arrays = case.load()
-        image = arrays.image
-        if image.shape[0] != info["in_channels"] or image.ndim - 1 != config.spatial_dims:
-            raise ValueError(
-                f"{case.channels[0]}: has {image.shape[0]} channel(s) of "
-                f"{image.ndim - 1}D images; expected {info['in_channels']} channel(s) of "
-                f"{config.spatial_dims}D images as the model was trained on"
+    with output_folder(out_dir, overwrite) as staging:
+        for case in cases:
+            arrays = case.load()
+            image = arrays.image
+            if image.shape[0] != info["in_channels"] or image.ndim - 1 != config.spatial_dims:
+                raise ValueError(
+                    f"{case.channels[0]}: has {image.shape[0]} channel(s) of "
+                    f"{image.ndim - 1}D images; expected {info['in_channels']} channel(s) of "
+                    f"{config.spatial_dims}D images as the model was trained on"
+                )
+            normalised = zscore(image)
+            prediction = predict_image(
+                model,
+                normalised,
+                kind,
+                patch_size=patch_size,
+                overlap=overlap,
+                mc_samples=mc_samples,
+                scale=info["heatmap_scale"],
             )
-        normalised = zscore(image)
-        prediction = predict_image(
-            model,
-            normalised,
-            kind,
-            patch_size=patch_size,
-            overlap=overlap,
-            mc_samples=mc_samples,
-            scale=info["heatmap_scale"],
-        )
-        suffix = ".npy" if image_suffix(case.channels[0]) == ".npy" else ".nii.gz"
-        maps = {kind: prediction.map}
-        if attention is not None:
-            batch = torch.as_tensor(normalised)[None]
-            maps = {attention: attention_maps(model, batch, attention)[0].cpu().numpy()}
-        if prediction.std is not None:
-            maps[f"{kind}_std"] = prediction.std
-        for name, array in maps.items():
-            path = out_dir / f"{case.id}_{name}{suffix}"
-            write_image(path, array.astype(np.float32), arrays.affine)
-            written.append(path)
-        summary[case.id] = {"count": prediction.count}
+            suffix = ".npy" if image_suffix(case.channels[0]) == ".npy" else ".nii.gz"
+            maps = {kind: prediction.map}
+            if attention is not None:
+                batch = torch.as_tensor(normalised)[None]
+                maps = {attention: attention_maps(model, batch, attention)[0].cpu().numpy()}
+            if prediction.std is not None:
+                maps[f"{kind}_std"] = prediction.std
+            for name, array in maps.items():
+                names.append(f"{case.id}_{name}{suffix}")
+                write_image(staging / names[-1], array.astype(np.float32), arrays.affine)
+            summary[case.id] = {"count": prediction.count}
+            if kind == "heatmap":
+                lesions = find_lesions(
+                    prediction.map, settings, affine_spacing(arrays.affine), threshold=0.0
+                )
+                distribution = lesion_count_distribution(lesions)
+                summary[case.id] = {
+                    "count": distribution.mean,
+                    "map_sum": prediction.count,
+                    "count_distribution": distribution.to_dict(),
+                }
+            if config.count_objective == "classification":
+                logit = torch.tensor(prediction.count, dtype=torch.float64)
+                summary[case.id] = {"count": None, "presence_probability": logit.sigmoid().item()}
+            if prediction.sample_counts is not None:
+                summary[case.id]["sample_counts"] = prediction.sample_counts.tolist()
+            if config.labels == "masks+counts":
+                summary[case.id]["count_distribution"] = predicted_count_distribution(
+                    prediction, config.max_count
+                ).to_dict()
+        record = {"kind": kind, "attention": attention, "run": str(run_dir)}
         if kind == "heatmap":
-            lesions = find_lesions(
-                prediction.map, settings, affine_spacing(arrays.affine), threshold=0.0
-            )
-            distribution = lesion_count_distribution(lesions)
-            summary[case.id] = {
-                "count": distribution.mean,
-                "map_sum": prediction.count,
-                "count_distribution": distribution.to_dict(),
+            record["counts"] = {
+                "count": "mean of the Poisson-binomial distribution of the fitted lesions' "
+                "existence probabilities",
+                "map_sum": "sum of the heatmap",
             }
-        if config.count_objective == "classification":
-            logit = torch.tensor(prediction.count, dtype=torch.float64)
-            summary[case.id] = {"count": None, "presence_probability": logit.sigmoid().item()}
-        if prediction.sample_counts is not None:
-            summary[case.id]["sample_counts"] = prediction.sample_counts.tolist()
-        if config.labels == "masks+counts":
-            summary[case.id]["count_distribution"] = predicted_count_distribution(
-                prediction, config.max_count
-            ).to_dict()
-    summary_path = out_dir / "predictions.json"
-    record = {"kind": kind, "attention": attention, "run": str(run_dir)}
-    if kind == "heatmap":
-        record["counts"] = {
-            "count": "mean of the Poisson-binomial distribution of the fitted lesions' "
-            "existence probabilities",
-            "map_sum": "sum of the heatmap",
-        }
-    write_json(summary_path, {**record, "cases": summary})
-    written.append(summary_path)
-    return written
+        write_json(staging / "predictions.json", {**record, "cases": summary})
+    return [out_dir / name for name in [*names, "predictions.json"]]

@@ -1,62 +1,34 @@
 """Reading and writing files.
 
-Every writer goes through :func:`atomic_write`: the data go to a temporary file in the
-target folder, which is renamed over the target only once it is complete, so a crash
-never leaves a truncated result and never destroys the previous version.
+Every writer goes through :func:`~weaklesion.writing.atomic_write`: the data go to a
+temporary file in the target folder, which is renamed over the target only once it is
+complete, so a crash never leaves a truncated result and never destroys the previous
+version.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import gzip
 import io
 import json
 import math
 import os
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+import pickle
+import zipfile
+import zlib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO
 
 import nibabel
 import numpy as np
 import PIL.Image
 import PIL.PngImagePlugin
 import tifffile
+from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
 from weaklesion._validation import axis_spacing, check_finite
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator[IO]:
-    """Open a temporary file beside ``path`` and rename it onto ``path`` on success.
-
-    On an exception the temporary file is removed and ``path`` is left as it was.
-
-    Examples
-    --------
-    >>> import tempfile, pathlib
-    >>> target = pathlib.Path(tempfile.mkdtemp()) / "result.txt"
-    >>> with atomic_write(target) as handle:
-    ...     _ = handle.write("done")
-    >>> target.read_text()
-    'done'
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, mode, **open_kwargs) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-
+from weaklesion.writing import atomic_write as atomic_write  # re-exported
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".npy", ".tiff", ".tif", ".png")
 
@@ -208,7 +180,15 @@ def _read(
         if suffix in (".tif", ".tiff"):
             return _read_tiff(path, spacing)
         return _read_png(path, spacing)
-    except (OSError, ValueError, EOFError, nibabel.filebasedimages.ImageFileError) as error:
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+        zlib.error,
+        nibabel.filebasedimages.ImageFileError,
+        nibabel.spatialimages.HeaderDataError,
+        nibabel.wrapstruct.WrapStructError,
+    ) as error:
         message = (str(error).splitlines() or [type(error).__name__])[0]
         for quoted in (f" '{path}'", f" {path!r}", f" {path}"):
             message = message.replace(quoted, "")
@@ -233,7 +213,27 @@ def _geometry(
 
 
 def _read_nifti(path: str | os.PathLike, header_only: bool) -> tuple[np.ndarray | None, np.ndarray]:
-    image = nibabel.load(path)
+    if header_only or image_suffix(path) == ".nii":
+        return _nifti_arrays(nibabel.load(path), header_only)
+    # Read the data through one gzip stream and then to its end, where the stream's
+    # CRC and length are checked: nibabel alone stops after the voxels and so would
+    # accept a corrupted file.
+    with gzip.open(path, "rb") as stream:
+        size = stream.read(4)
+        stream.seek(0)
+        header_sizes = {
+            int.from_bytes(size, order) for order in ("little", "big") if len(size) == 4
+        }
+        klass = nibabel.Nifti2Image if 540 in header_sizes else nibabel.Nifti1Image
+        holder = nibabel.fileholders.FileHolder(fileobj=stream)
+        image = klass.from_file_map({"header": holder, "image": holder})
+        found = _nifti_arrays(image, header_only=False)
+        while stream.read(1 << 20):
+            pass
+    return found
+
+
+def _nifti_arrays(image, header_only: bool) -> tuple[np.ndarray | None, np.ndarray]:
     dims = len(image.shape)
     if dims not in (2, 3, 4):
         raise ValueError(f"has shape {image.shape}; expected a 2D, 3D or 4D NIfTI image")
@@ -699,3 +699,164 @@ def write_counts_csv(path: str | os.PathLike, counts: Mapping[str, int]) -> None
         rows.append([case, str(int(count))])
     with atomic_write(path, "w", newline="", encoding="utf-8") as handle:
         csv.writer(handle, lineterminator="\n").writerows(rows)
+
+
+# nnU-Net (v2) writes class probabilities with --save_probabilities as CASE.npz, in the
+# axis order of SimpleITK (array axes k, j, i: the reverse of nibabel's), and its image
+# properties as CASE.pkl beside them: SimpleITK's spacing, origin and direction in LPS
+# ("sitk_stuff"), or nibabel's affine ("nibabel_stuff") for its nibabel readers.
+_NNUNET_KEYS = ("probabilities", "softmax")
+_PICKLE_ALLOWED = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("collections", "OrderedDict"),
+}
+
+
+class _PropertiesUnpickler(pickle.Unpickler):
+    """Reads nnU-Net's property pickles: plain containers and NumPy arrays, no code."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _PICKLE_ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _nnunet_properties(path: Path) -> dict:
+    try:
+        with open(path, "rb") as handle:
+            properties = _PropertiesUnpickler(handle).load()
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as error:
+        raise ValueError(
+            f"{path}: cannot be read as nnU-Net image properties ({_first_line(error)})"
+        ) from None
+    if not isinstance(properties, dict):
+        raise ValueError(f"{path}: holds a {type(properties).__name__}; expected a dict")
+    return properties
+
+
+def _sitk_affine(path: Path, stuff: Mapping) -> np.ndarray:
+    """Voxel (i, j, k) to world RAS+ mm from SimpleITK's spacing, origin, direction (LPS)."""
+    try:
+        spacing = np.asarray(stuff["spacing"], dtype=float)
+        origin = np.asarray(stuff["origin"], dtype=float)
+        dims = len(spacing)
+        direction = np.asarray(stuff["direction"], dtype=float).reshape(dims, dims)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(
+            f"{path}: 'sitk_stuff' lacks a readable spacing, origin or direction ({error})"
+        ) from None
+    if dims not in (2, 3) or origin.shape != (dims,):
+        raise ValueError(f"{path}: 'sitk_stuff' has {dims} spacings; expected 2 or 3")
+    to_ras = np.diag([-1.0, -1.0, 1.0][:dims])
+    affine = np.eye(dims + 1)
+    affine[:dims, :dims] = to_ras @ direction @ np.diag(spacing)
+    affine[:dims, dims] = to_ras @ origin
+    return _check_affine(affine, f"{path}: 'sitk_stuff'")
+
+
+def _reverse_axes(values: np.ndarray) -> np.ndarray:
+    """(C, k[, j], i) → (C, i, j[, k]): SimpleITK's array order to nibabel's."""
+    spatial = values.ndim - 1
+    return np.moveaxis(values, range(1, spatial + 1), range(spatial, 0, -1))
+
+
+def _nnunet_frame(
+    values: np.ndarray, path: Path, properties: dict
+) -> tuple[np.ndarray, np.ndarray]:
+    """``values`` (C, k[, j], i) from nnU-Net to (C, i, j[, k]) and its affine."""
+    if "sitk_stuff" in properties:
+        affine = _sitk_affine(path, properties["sitk_stuff"])
+        nibabel_stuff = None
+    elif isinstance(properties.get("nibabel_stuff"), Mapping):
+        nibabel_stuff = properties["nibabel_stuff"]
+        affine = _check_affine(nibabel_stuff.get("original_affine"), f"{path}: original_affine")
+    else:
+        raise ValueError(
+            f"{path}: has neither 'sitk_stuff' nor 'nibabel_stuff'; expected the .pkl that "
+            "nnU-Net v2 writes beside its .npz"
+        )
+    dims = affine.shape[0] - 1
+    if dims == 2 and values.ndim == 4 and values.shape[1] == 1:
+        values = values[:, 0]  # nnU-Net keeps 2D images as one slice
+    if values.ndim != dims + 1:
+        raise ValueError(
+            f"{path}: describes a {dims}D image; the probabilities have shape {values.shape}"
+        )
+    values = _reverse_axes(values)
+    if nibabel_stuff is not None and "reoriented_affine" in nibabel_stuff:
+        # nnU-Net predicted the image turned to RAS; turn it back to the file's axes.
+        turn = ornt_transform(axcodes2ornt("RAS"), io_orientation(affine))
+        values = np.moveaxis(apply_orientation(np.moveaxis(values, 0, -1), turn), -1, 0)
+    return values, affine
+
+
+def read_nnunet_probabilities(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities that nnU-Net v2 wrote with ``--save_probabilities``.
+
+    Parameters
+    ----------
+    path : str or path
+        ``CASE.npz`` with the array ``probabilities`` (or ``softmax``), shape
+        ``(C, k, j, i)`` in SimpleITK's axis order. Its geometry comes from the
+        ``CASE.pkl`` nnU-Net writes beside it; without one, from ``CASE.nii.gz`` (the
+        segmentation nnU-Net writes beside it, or the image), whose shape must match.
+
+    Returns
+    -------
+    probabilities : ndarray, shape (C, *spatial)
+        In this package's axis order (nibabel's i, j, k; see :func:`read_image`).
+    affine : ndarray, shape (D + 1, D + 1)
+        Voxel-to-world (RAS+ mm) affine.
+
+    Raises
+    ------
+    ValueError
+        If a file cannot be read, or neither a ``.pkl`` nor a matching NIfTI is found,
+        naming the file and what is needed.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            key = next((k for k in _NNUNET_KEYS if k in archive.files), None)
+            if key is None:
+                raise ValueError(
+                    f"has arrays {sorted(archive.files)}; expected 'probabilities' "
+                    "(nnU-Net --save_probabilities)"
+                )
+            values = np.asarray(archive[key])
+    except (OSError, ValueError, EOFError, KeyError, zlib.error, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path}: cannot be read as nnU-Net .npz ({_first_line(error)})") from None
+    if values.dtype.kind not in "fiu" or values.ndim not in (3, 4):
+        raise ValueError(
+            f"{path}: holds {values.dtype} probabilities of shape {values.shape}; expected "
+            "numbers of shape (classes, [z,] y, x)"
+        )
+    stem = path.name[: -len(".npz")]
+    properties = path.with_name(f"{stem}.pkl")
+    if properties.is_file():
+        return _nnunet_frame(values, properties, _nnunet_properties(properties))
+    for suffix in (".nii.gz", ".nii"):
+        image = path.with_name(stem + suffix)
+        if image.is_file():
+            affine = read_affine(image)
+            header_shape = nibabel.load(image).shape
+            spatial = values.shape[1:][::-1]
+            if tuple(header_shape[: len(spatial)]) != spatial or len(spatial) != len(affine) - 1:
+                raise ValueError(
+                    f"{path}: probabilities of spatial shape {values.shape[1:]} do not fit "
+                    f"{image} of shape {header_shape}; expected its shape reversed"
+                )
+            return _reverse_axes(values), affine
+    raise ValueError(
+        f"{path}: its axis order and geometry are unknown; expected {stem}.pkl (written "
+        f"by nnU-Net beside the .npz) or {stem}.nii.gz beside it"
+    )

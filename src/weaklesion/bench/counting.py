@@ -242,6 +242,7 @@ def _write_data(root: Path, settings: CountingSettings) -> Path:
             shape=settings.shape,
             splits=settings.split_per_count,
             n_lesions=count,
+            overwrite=True,
         )
         description = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
         channels = range(len(description["channel_names"]))

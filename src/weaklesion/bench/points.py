@@ -912,7 +912,12 @@ def _prepare(out: Path, quick: bool) -> _Experiment:
     data = work / "data"
     if not (data / "dataset.json").exists():
         write_phantom_dataset(
-            data, n_cases=sum(split), seed=DATA_SEED, shape=settings.shape, splits=split
+            data,
+            n_cases=sum(split),
+            seed=DATA_SEED,
+            shape=settings.shape,
+            splits=split,
+            overwrite=True,
         )
     return _Experiment(
         out=out,

@@ -39,6 +39,7 @@ from typing import NamedTuple, overload
 
 import numpy as np
 
+from weaklesion._validation import check_finite
 from weaklesion.io import (
     IMAGE_SUFFIXES,
     affine_spacing,
@@ -51,6 +52,53 @@ from weaklesion.io import (
 
 SPLITS = ("training", "validation", "test")
 _CHANNEL_NAME = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+def mask_instances(mask: np.ndarray) -> np.ndarray:
+    """Lesion instances of a mask: its ids, or the connected components of a binary mask.
+
+    Parameters
+    ----------
+    mask : (Z, Y, X) or (Y, X) int array
+        0 for background; either one id per lesion, or 1 for every lesion voxel.
+
+    Returns
+    -------
+    (Z, Y, X) or (Y, X) int32 array
+        0 for background, one positive label per lesion (26- or 8-connected components
+        when ``mask`` holds only 0 and 1).
+
+    Examples
+    --------
+    >>> mask_instances(np.array([[1, 1, 0, 1]])).tolist()
+    [[1, 1, 0, 2]]
+    >>> mask_instances(np.array([[3, 3, 0, 2]])).tolist()
+    [[3, 3, 0, 2]]
+    """
+    import cc3d
+
+    if mask.max(initial=0) <= 1:
+        connectivity = 26 if mask.ndim == 3 else 8
+        return cc3d.connected_components(mask > 0, connectivity=connectivity).astype(np.int32)
+    return mask.astype(np.int32)
+
+
+def case_id_problem(case: str) -> str | None:
+    """Why ``case`` cannot name output files (None when it can): it must be a plain name.
+
+    Examples
+    --------
+    >>> case_id_problem("sub-01_ses-02") is None
+    True
+    >>> print(case_id_problem("../x"))
+    '../x' is not a plain name; expected no path separator, '..' or absolute path
+    """
+    separators = {"/", "\\", "\0", os.sep, os.altsep or "/"}
+    if not case or case in (".", "..") or any(s in case for s in separators):
+        return f"{case!r} is not a plain name; expected no path separator, '..' or absolute path"
+    return None
+
+
 _IMAGE_FOLDERS = (("imagesTr", "labelsTr", "training"), ("imagesTs", "labelsTs", "test"))
 
 
@@ -112,11 +160,13 @@ class Case:
         Raises
         ------
         ValueError
-            If a file cannot be read, or the channels and mask differ in spatial shape.
+            If a file cannot be read, holds NaN or infinite voxels, or the channels and
+            mask differ in spatial shape.
         """
         parts, affine, spatial = [], None, None
         for path in self.channels:
             array, file_affine = read_image(path, self.spacing)
+            check_finite(array, str(path))
             dims = file_affine.shape[0] - 1
             if affine is None:
                 affine, spatial = file_affine, array.shape[array.ndim - dims :]
@@ -594,6 +644,10 @@ def _datalist_entry(item, where: str, base: Path, problems: list[str]) -> _Entry
         stem = _image_stem_of_name(images[0])
         match = _CHANNEL_NAME.match(stem)
         case = match["case"] if match else stem
+    problem = case_id_problem(str(case))
+    if problem is not None:
+        problems.append(f"{where}, field 'id': case {problem}")
+        return None
     entry = _Entry(str(case), files, where)
     label = item.get("label", item.get("mask"))
     if label is not None:

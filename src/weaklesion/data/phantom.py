@@ -24,6 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from weaklesion.io import atomic_write, write_counts_csv, write_image, write_points_csv
+from weaklesion.writing import output_folder
 
 # Tissue classes of the phantom's anatomy, in the order of the intensity tables below.
 AIR, SCALP, FLUID, GREY, WHITE, LESION = range(6)
@@ -177,14 +178,15 @@ def write_phantom_dataset(
     n_lesions: int | None = None,
     background: str = "synthetic",
     progress: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Write a phantom dataset folder in the layout :func:`load_dataset` reads.
 
     Parameters
     ----------
     out_dir : str or path
-        Folder to write (created if needed); existing files of the same names are
-        replaced.
+        Folder to write, missing or empty unless ``overwrite``. It appears complete or
+        not at all (see :func:`weaklesion.writing.output_folder`).
     n_cases : int
         Number of cases, named ``phantom_000``, ``phantom_001``, ...
     seed : int
@@ -196,6 +198,8 @@ def write_phantom_dataset(
         case counts summing to ``n_cases``. Cases are assigned in order.
     progress : bool
         Show a progress bar.
+    overwrite : bool
+        Replace a folder ``out_dir`` that holds files, as a whole (never merged with it).
 
     Returns
     -------
@@ -219,49 +223,50 @@ def write_phantom_dataset(
     >>> json.loads((root / "dataset.json").read_text())["split"]["validation"]
     ['phantom_002']
     """
-    root = Path(out_dir)
     sizes = _split_sizes(splits, n_cases)
-    case_ids = [f"phantom_{i:03d}" for i in range(n_cases)]
-    points, counts = {}, {}
-    indices = range(n_cases)
-    if progress:
-        from rich.progress import track
+    with output_folder(out_dir, overwrite) as root:
+        case_ids = [f"phantom_{i:03d}" for i in range(n_cases)]
+        points, counts = {}, {}
+        indices = range(n_cases)
+        if progress:
+            from rich.progress import track
 
-        indices = track(indices, description="Writing phantom cases")
-    for i in indices:
-        case = make_phantom_case((seed, i), shape, spacing, n_lesions, channels, background)
-        for c, channel in enumerate(case.image):
-            write_image(root / "imagesTr" / f"{case_ids[i]}_{c:04d}.nii.gz", channel, case.affine)
-        labels = case.instances.astype(np.int16)
-        write_image(root / "labelsTr" / f"{case_ids[i]}.nii.gz", labels, case.affine)
-        points[case_ids[i]] = case.points
-        counts[case_ids[i]] = case.count
-    write_points_csv(root / "points.csv", points)
-    write_counts_csv(root / "counts.csv", counts)
-    ends = np.cumsum([0, *sizes])
-    description = {
-        "name": "weaklesion phantom",
-        "description": "Synthetic brain MRI with white-matter lesions; labelsTr holds "
-        "instance ids (0 background, 1..K one per lesion).",
-        "channel_names": {str(c): name for c, name in enumerate(channels)},
-        "file_ending": ".nii.gz",
-        "numTraining": n_cases,
-        "spacing": [float(s) for s in np.broadcast_to(np.asarray(spacing, float), (3,))],
-        "split": {
-            name: case_ids[ends[k] : ends[k + 1]]
-            for k, name in enumerate(("training", "validation", "test"))
-        },
-        "phantom": {
-            "seed": seed,
-            "shape": [int(s) for s in shape],
-            "n_lesions": n_lesions,
-            "background": background,
-        },
-    }
-    with atomic_write(root / "dataset.json", "w", encoding="utf-8") as handle:
-        json.dump(description, handle, indent=2)
-        handle.write("\n")
-    return root
+            indices = track(indices, description="Writing phantom cases")
+        for i in indices:
+            case = make_phantom_case((seed, i), shape, spacing, n_lesions, channels, background)
+            for c, channel in enumerate(case.image):
+                channel_path = root / "imagesTr" / f"{case_ids[i]}_{c:04d}.nii.gz"
+                write_image(channel_path, channel, case.affine)
+            labels = case.instances.astype(np.int16)
+            write_image(root / "labelsTr" / f"{case_ids[i]}.nii.gz", labels, case.affine)
+            points[case_ids[i]] = case.points
+            counts[case_ids[i]] = case.count
+        write_points_csv(root / "points.csv", points)
+        write_counts_csv(root / "counts.csv", counts)
+        ends = np.cumsum([0, *sizes])
+        description = {
+            "name": "weaklesion phantom",
+            "description": "Synthetic brain MRI with white-matter lesions; labelsTr holds "
+            "instance ids (0 background, 1..K one per lesion).",
+            "channel_names": {str(c): name for c, name in enumerate(channels)},
+            "file_ending": ".nii.gz",
+            "numTraining": n_cases,
+            "spacing": [float(s) for s in np.broadcast_to(np.asarray(spacing, float), (3,))],
+            "split": {
+                name: case_ids[ends[k] : ends[k + 1]]
+                for k, name in enumerate(("training", "validation", "test"))
+            },
+            "phantom": {
+                "seed": seed,
+                "shape": [int(s) for s in shape],
+                "n_lesions": n_lesions,
+                "background": background,
+            },
+        }
+        with atomic_write(root / "dataset.json", "w", encoding="utf-8") as handle:
+            json.dump(description, handle, indent=2)
+            handle.write("\n")
+    return Path(out_dir)
 
 
 def _split_sizes(splits: Sequence[float], n_cases: int) -> list[int]:

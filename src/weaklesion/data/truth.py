@@ -9,7 +9,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import track
 
-from weaklesion.data.dataset import load_dataset
+from weaklesion.data.dataset import load_dataset, mask_instances
 from weaklesion.io import affine_spacing, read_affine, read_image
 from weaklesion.metrics import lesion_sizes
 
@@ -35,7 +35,8 @@ def lesion_truth(
         Lesion centres in voxel coordinates.
     sizes : dict of case to (K,) int array, or None
         Voxels of the mask instance under each centre (0 on background); None unless
-        every case has a mask.
+        every case has a mask. A binary mask is split into connected components first
+        (see :func:`~weaklesion.data.dataset.mask_instances`).
     spacing : dict of case to (D,) float array
         Voxel size in mm.
     """
@@ -56,7 +57,7 @@ def lesion_truth(
         spacing[name] = affine_spacing(affine)
         if case.mask is not None and sizes is not None:
             mask, _ = read_image(case.mask, case.spacing)
-            sizes[name] = lesion_sizes(mask.astype(np.int64), case.points)
+            sizes[name] = lesion_sizes(mask_instances(mask), case.points)
         else:
             sizes = None
     return points, sizes, spacing

@@ -14,7 +14,8 @@ out of training (fine-tuning the decoder only).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 
 from torch import nn
 
@@ -29,6 +30,7 @@ __all__ = [
     "TwoScaleGPUNet",
     "UNet",
     "build_model",
+    "check_model_arguments",
     "enable_mc_dropout",
     "freeze_encoder",
     "model_summary",
@@ -56,9 +58,11 @@ def _count_network(name: str, network: type[nn.Module], **fixed) -> Callable[...
             raise ValueError(f"out_channels: got {out_channels}; {name!r} predicts one count (1)")
         return network(spatial_dims, in_channels, **fixed, **kwargs)
 
+    build.network, build.fixed = network, fixed
     return build
 
 
+_build_unet.network, _build_unet.fixed = UNet, {}
 _BUILDERS = {
     "unet": _build_unet,
     "gpunet": _count_network("gpunet", GPUNet),
@@ -101,11 +105,56 @@ def build_model(
     >>> type(model).__name__, model.filters
     ('GPUNet', 4)
     """
+    build = _BUILDERS[_model_key(name)]
+    check_model_arguments(name, kwargs)
+    try:
+        return build(spatial_dims, in_channels, out_channels, **kwargs)
+    except (TypeError, ValueError) as error:
+        # Name the argument whose value the network refused, if removing it helps.
+        for key in kwargs:
+            others = {k: v for k, v in kwargs.items() if k != key}
+            try:
+                build(spatial_dims, in_channels, out_channels, **others)
+            except (TypeError, ValueError):
+                continue
+            raise ValueError(
+                f"model_kwargs.{key}: got {kwargs[key]!r}, which {name!r} refuses ({error})"
+            ) from None
+        raise
+
+
+def _model_key(name: str) -> str:
     key = name.lower() if isinstance(name, str) else name
     if key not in _BUILDERS:
         expected = ", ".join(repr(n) for n in MODEL_NAMES)
         raise ValueError(f"name: got {name!r}; expected one of {expected}")
-    return _BUILDERS[key](spatial_dims, in_channels, out_channels, **kwargs)
+    return key
+
+
+def check_model_arguments(name: str, kwargs: Mapping[str, object]) -> None:
+    """Refuse a ``model_kwargs`` key that network ``name`` has no argument for.
+
+    Raises
+    ------
+    ValueError
+        Naming the key and the arguments the network takes.
+
+    Examples
+    --------
+    >>> check_model_arguments("unet", {"features": [4, 8], "bogus": 1})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: model_kwargs.bogus: 'unet' has no such argument; expected features, ...
+    """
+    build = _BUILDERS[_model_key(name)]
+    fixed = {"spatial_dims", "in_channels", "out_channels", *build.fixed}
+    accepted = [p for p in inspect.signature(build.network).parameters if p not in fixed]
+    for key in kwargs:
+        if key not in accepted:
+            choices = ", ".join(accepted[:-1]) + f" or {accepted[-1]}" if accepted else "none"
+            raise ValueError(
+                f"model_kwargs.{key}: {name!r} has no such argument; expected {choices}"
+            )
 
 
 def model_summary(model: nn.Module) -> dict[str, object]:

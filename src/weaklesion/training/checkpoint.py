@@ -53,7 +53,18 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such checkpoint")
-    state = torch.load(path, map_location=device, weights_only=True)
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (PermissionError, IsADirectoryError):
+        raise
+    except Exception as error:  # torch reports a damaged file in many ways
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        if path.stat().st_size == 0:
+            reason = "the file is empty"
+        raise ValueError(
+            f"{path}: cannot be read as a checkpoint ({reason}); expected a file written "
+            "by weaklesion train, intact"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a weaklesion checkpoint (format {CHECKPOINT_FORMAT})")
     return state
@@ -101,15 +112,7 @@ def load_weights(model: nn.Module, source: str | os.PathLike) -> Path:
     path = Path(source)
     if path.is_dir():
         path = path / "best.pt"
-    state = load_checkpoint(path)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        reason = str(error).splitlines()[-1].strip()
-        raise ValueError(
-            f"init_from: {path} holds the weights of another network ({reason}); expected "
-            "the same model and model_kwargs"
-        ) from None
+    _load_state(model, load_checkpoint(path)["model"], f"init_from: {path}")
     return path
 
 
@@ -174,5 +177,17 @@ def load_run(
         if tuned["parameter"] == "threshold":
             info["threshold"] = float(tuned["value"])
     model = build_model_for(config, int(info["in_channels"]))
-    model.load_state_dict(state["model"])
+    _load_state(model, state["model"], str(path))
     return model.to(device).eval(), config, info
+
+
+def _load_state(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
+    """``model.load_state_dict(weights)``, with a one-line error naming ``source``."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[-1].strip()
+        raise ValueError(
+            f"{source}: holds the weights of another network ({reason}); expected the "
+            "same model and model_kwargs"
+        ) from None

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from weaklesion.io import atomic_write
+from weaklesion.models import MODEL_NAMES, check_model_arguments
 from weaklesion.models.heads import COUNT_HEADS
 
 LABELS = ("points", "counts", "masks", "masks+counts")
@@ -223,6 +224,8 @@ class TrainConfig:
             )
         if self.model is None:
             self.model = "gpunet" if self.target == "count" else "unet"
+        if self.model in MODEL_NAMES:
+            check_model_arguments(self.model, self.model_kwargs)
         _check_ranges(self)
 
 

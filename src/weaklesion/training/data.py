@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from weaklesion.data.dataset import mask_instances
 from weaklesion.scoring import settings_for_config
 from weaklesion.training.config import TrainConfig
 
@@ -71,22 +72,12 @@ class TrainingCase:
     roi: np.ndarray | None = None
 
 
-def _instance_labels(mask: np.ndarray) -> np.ndarray:
-    """Lesion instances of a mask: its ids, or connected components of a binary mask."""
-    import cc3d
-
-    if mask.max(initial=0) <= 1:
-        connectivity = 26 if mask.ndim == 3 else 8
-        return cc3d.connected_components(mask > 0, connectivity=connectivity).astype(np.int32)
-    return mask.astype(np.int32)
-
-
 def _training_case(case, config: TrainConfig) -> TrainingCase:
     from weaklesion.data.normalize import zscore
     from weaklesion.io import affine_spacing
 
     arrays = case.load()
-    instances = None if arrays.mask is None else _instance_labels(arrays.mask)
+    instances = None if arrays.mask is None else mask_instances(arrays.mask)
     count = case.count
     if count is None and instances is not None:
         count = len(np.unique(instances)) - int((instances == 0).any())
