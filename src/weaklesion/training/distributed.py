@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import sys
+import traceback
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -53,6 +55,13 @@ def process_group(device: torch.device) -> Iterator[tuple[int, int]]:
     Uses NCCL for CUDA devices and gloo otherwise. A group that is already initialised
     (by the caller) is used as it is and left open.
 
+    Every :func:`wrap` ped model must be released (``del``) inside the block: the group
+    is destroyed on leaving it, and a ``DistributedDataParallel`` wrapper that outlives
+    the group would destroy it later itself, joining gloo's worker threads while holding
+    the GIL; a worker thread that still needs the GIL to free a finished collective's
+    tensor then waits forever (the process hangs at exit). Released first, the wrapper
+    leaves the group to its Python handle, which frees it without the GIL.
+
     Yields
     ------
     rank, world_size : int
@@ -63,8 +72,13 @@ def process_group(device: torch.device) -> Iterator[tuple[int, int]]:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         yield rank, world_size
+    except BaseException as error:
+        if started:  # the frames of a failed run hold the wrapped model
+            traceback.clear_frames(error.__traceback__)
+        raise
     finally:
         if started:
+            gc.collect()  # wrappers kept alive only by reference cycles
             dist.destroy_process_group()
 
 

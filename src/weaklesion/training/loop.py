@@ -513,38 +513,54 @@ def train(
 
     with distributed.process_group(device) as (rank, world_size):
         model = distributed.wrap(network, device)
-        writer = rank == 0
-        if writer and state is None:
-            save_config(config, run_dir / "config.toml")
-        steps = len(epoch_batches(len(dataset), config.batch_size, 0, 0, rank, world_size))
-        with _progress(progress and writer) as bar:
-            task = bar.add_task(
-                "training", total=(stop - start) * steps, loss=math.nan, speed=0.0, validation=""
-            )
-            for epoch in range(start, stop):
-                bar.update(task, description=f"epoch {epoch + 1}/{config.epochs}")
-                record = _train_epoch(
-                    model, objective, optimizer, dataset, config, epoch, device, bar, task, average
+        try:
+            writer = rank == 0
+            if writer and state is None:
+                save_config(config, run_dir / "config.toml")
+            steps = len(epoch_batches(len(dataset), config.batch_size, 0, 0, rank, world_size))
+            with _progress(progress and writer) as bar:
+                task = bar.add_task(
+                    "training",
+                    total=(stop - start) * steps,
+                    loss=math.nan,
+                    speed=0.0,
+                    validation="",
                 )
-                if writer:
-                    record = _end_epoch(
-                        network,
-                        average,
+                for epoch in range(start, stop):
+                    bar.update(task, description=f"epoch {epoch + 1}/{config.epochs}")
+                    record = _train_epoch(
+                        model,
+                        objective,
                         optimizer,
-                        epoch,
+                        dataset,
                         config,
-                        info,
-                        history,
-                        record,
-                        val_cases,
-                        scale,
-                        run_dir,
+                        epoch,
+                        device,
+                        bar,
+                        task,
+                        average,
                     )
-                    bar.update(task, validation=_summary(record, metric))
-                    if log is not None:
-                        print(epoch_line(record, config.epochs, metric), file=log, flush=True)
-                if on_epoch_end is not None:
-                    on_epoch_end(epoch + 1, record)
+                    if writer:
+                        record = _end_epoch(
+                            network,
+                            average,
+                            optimizer,
+                            epoch,
+                            config,
+                            info,
+                            history,
+                            record,
+                            val_cases,
+                            scale,
+                            run_dir,
+                        )
+                        bar.update(task, validation=_summary(record, metric))
+                        if log is not None:
+                            print(epoch_line(record, config.epochs, metric), file=log, flush=True)
+                    if on_epoch_end is not None:
+                        on_epoch_end(epoch + 1, record)
+        finally:
+            del model  # before the group goes (see distributed.process_group)
     return TrainResult(
         run_dir=run_dir,
         epochs_completed=max(stop, start),
