@@ -16,16 +16,28 @@ from weaklesion.data.phantom import write_phantom_dataset
 from weaklesion.training.checkpoint import load_checkpoint
 from weaklesion.training.distributed import main, torchrun_command, world
 
-# Each process trains, then reports a hash of its parameters, its rank and whether it
-# ran inside a process group.
+# Each process trains, then reports a hash of its parameters, its rank, whether it ran
+# inside a process group, and how many DDP wrappers were alive when the group was
+# destroyed (one left for later would destroy the group while holding the GIL, which
+# can deadlock with gloo's worker threads: an intermittent hang at exit).
 WORKER = textwrap.dedent(
     """
-    import hashlib, json, os, sys
+    import gc, hashlib, json, os, sys
     import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
     from weaklesion.training import load_config, train
 
     data, run_dir, report_dir = sys.argv[1:4]
     group = {}
+    destroy = dist.destroy_process_group
+
+    def destroy_and_count(*args, **kwargs):
+        gc.collect()
+        alive = [o for o in gc.get_objects() if isinstance(o, DistributedDataParallel)]
+        group["wrappers_at_destroy"] = len(alive)
+        destroy(*args, **kwargs)
+
+    dist.destroy_process_group = destroy_and_count
 
     def on_epoch_end(epoch, record):
         group["initialised"] = dist.is_initialized()
@@ -92,6 +104,7 @@ def test_two_processes_keep_identical_replicas(phantom, tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
     ranks = [json.loads((reports / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["initialised"] and r["world_size"] == 2 for r in ranks)
+    assert [r["wrappers_at_destroy"] for r in ranks] == [0, 0]
     assert ranks[0]["hash"] == ranks[1]["hash"]  # the replicas are identical
     # Only rank 0 wrote the run, and its checkpoint holds those same weights.
     last = load_checkpoint(run_dir / "last.pt")
