@@ -8,6 +8,10 @@ import gzip
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -328,3 +332,62 @@ def test_a_gzip_error_is_not_confused_with_the_file_type(tmp_path):
     path.write_bytes(gzip.compress(b"short"))
     with pytest.raises(ValueError, match=r"scan\.nii\.gz"):
         read_image(path)
+
+
+def weaklesion_command(*args) -> list[str]:
+    return [sys.executable, "-c", "from weaklesion.cli import main; main()", *map(str, args)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_command_says_so_in_one_line_and_leaves_nothing(tmp_path, number):
+    out = tmp_path / "data"
+    process = subprocess.Popen(
+        weaklesion_command("synth", "phantom", "--out", out, "--cases", 40, "--shape", "16,32,32"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    deadline = time.monotonic() + 120
+    while not hidden(tmp_path) and time.monotonic() < deadline:  # writing has begun
+        time.sleep(0.05)
+    process.send_signal(number)
+    _, errors = process.communicate(timeout=120)
+    assert process.returncode == 128 + number
+    assert errors.strip().splitlines() == [
+        f"interrupted ({signal.Signals(number).name}); files being written were discarded"
+    ]
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_concurrent_predicts_into_one_folder_do_not_mix(phantom, run, tmp_path):
+    maps = tmp_path / "maps"
+    images = phantom / "imagesTr"
+    inputs = {
+        "all": [phantom],
+        "one": [images / "phantom_001_0000.nii.gz", images / "phantom_001_0001.nii.gz"],
+    }
+    processes = {
+        name: subprocess.Popen(
+            weaklesion_command("predict", *paths, "--run", run, "--out", maps),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        for name, paths in inputs.items()
+    }
+    results = {name: (p.wait(timeout=300), p.stderr.read()) for name, p in processes.items()}
+    codes = sorted(code for code, _ in results.values())
+    assert codes == [0, 2], results
+    winner = next(name for name, (code, _) in results.items() if code == 0)
+    cases = list(json.loads((maps / "predictions.json").read_text())["cases"])
+    assert cases == (
+        ["phantom_000", "phantom_001", "phantom_002"] if winner == "all" else ["phantom_001"]
+    )
+    assert sorted(p.name for p in maps.iterdir()) == sorted(
+        [f"{case}_heatmap.nii.gz" for case in cases] + ["predictions.json"]
+    )
+    assert hidden(tmp_path) == []

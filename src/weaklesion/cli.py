@@ -90,9 +90,8 @@ def _refuse_bad_input(command: Callable) -> Callable:
         except KeyboardInterrupt as error:
             # Temporaries are already removed; outputs hold their previous state.
             number = getattr(error, "signal_number", signal.SIGINT)
-            typer.echo(
-                f"interrupted ({signal.Signals(number).name}); no output was changed", err=True
-            )
+            name = signal.Signals(number).name
+            typer.echo(f"interrupted ({name}); files being written were discarded", err=True)
             raise typer.Exit(128 + number) from None
 
     return wrapper
@@ -135,11 +134,14 @@ def _case_name(path: Path) -> str:
     return name
 
 
-def _read_map(path: Path, channel: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _read_map(
+    path: Path, channel: int | None, geometry: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Read a map file: NIfTI, .npy, TIFF, PNG, or an nnU-Net ``.npz`` of probabilities.
 
-    Returns the spatial map and its voxel-to-world affine. A multi-channel map (C, ...)
-    gives channel ``channel`` (default 1, the first foreground class of nnU-Net).
+    Returns the spatial map and its voxel-to-world affine (None for an nnU-Net file
+    whose geometry is unknown, allowed only without ``geometry``). A multi-channel map
+    (C, ...) gives channel ``channel`` (default 1, the first foreground class of nnU-Net).
     """
     from weaklesion._validation import check_finite
     from weaklesion.io import read_image, read_nnunet_probabilities
@@ -147,11 +149,10 @@ def _read_map(path: Path, channel: int | None) -> tuple[np.ndarray, np.ndarray]:
     if not path.exists():
         raise ValueError(f"{path}: no such file")
     if path.name.endswith(".npz"):
-        values, affine = read_nnunet_probabilities(path)
+        values, affine = read_nnunet_probabilities(path, require_geometry=geometry)
     else:
         values, affine = read_image(path)
-    spatial = affine.shape[0] - 1
-    if values.ndim == spatial + 1:
+    if affine is None or values.ndim == affine.shape[0]:
         index = 1 if channel is None else channel
         if not 0 <= index < values.shape[0]:
             raise ValueError(
@@ -615,7 +616,8 @@ def count(
     fitted = settings is not None and settings.method == "gaussians"
     results = {}
     for path in _over_cases(maps, "Counting"):
-        values, affine = _read_map(path, channel)
+        # Counting candidate regions needs no geometry; fitting lesions may (sigma in mm).
+        values, affine = _read_map(path, channel, geometry=fitted)
         if fitted:
             lesions = find_lesions(values, settings, affine_spacing(affine), threshold=0.0)
             distribution = lesion_count_distribution(lesions, credible)

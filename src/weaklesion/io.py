@@ -799,7 +799,9 @@ def _nnunet_frame(
     return values, affine
 
 
-def read_nnunet_probabilities(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+def read_nnunet_probabilities(
+    path: str | os.PathLike, require_geometry: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Class probabilities that nnU-Net v2 wrote with ``--save_probabilities``.
 
     Parameters
@@ -809,19 +811,22 @@ def read_nnunet_probabilities(path: str | os.PathLike) -> tuple[np.ndarray, np.n
         ``(C, k, j, i)`` in SimpleITK's axis order. Its geometry comes from the
         ``CASE.pkl`` nnU-Net writes beside it; without one, from ``CASE.nii.gz`` (the
         segmentation nnU-Net writes beside it, or the image), whose shape must match.
+    require_geometry : bool
+        Refuse a file whose geometry cannot be found; with False, such a file gives
+        no affine (enough for what the voxel grid alone decides, such as a count).
 
     Returns
     -------
     probabilities : ndarray, shape (C, *spatial)
         In this package's axis order (nibabel's i, j, k; see :func:`read_image`).
-    affine : ndarray, shape (D + 1, D + 1)
-        Voxel-to-world (RAS+ mm) affine.
+    affine : ndarray, shape (D + 1, D + 1), or None
+        Voxel-to-world (RAS+ mm) affine; None when it is unknown and not required.
 
     Raises
     ------
     ValueError
-        If a file cannot be read, or neither a ``.pkl`` nor a matching NIfTI is found,
-        naming the file and what is needed.
+        If a file cannot be read, or, when the geometry is required, neither a ``.pkl``
+        nor a matching NIfTI is found, naming the file and what is needed.
     """
     path = Path(path)
     try:
@@ -856,6 +861,8 @@ def read_nnunet_probabilities(path: str | os.PathLike) -> tuple[np.ndarray, np.n
                     f"{image} of shape {header_shape}; expected its shape reversed"
                 )
             return _reverse_axes(values), affine
+    if not require_geometry:
+        return _reverse_axes(values), None
     raise ValueError(
         f"{path}: its axis order and geometry are unknown; expected {stem}.pkl (written "
         f"by nnU-Net beside the .npz) or {stem}.nii.gz beside it"

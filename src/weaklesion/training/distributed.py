@@ -149,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m weaklesion.training.distributed`` (one per process)."""
     from weaklesion.training.config import load_config
     from weaklesion.training.loop import train
+    from weaklesion.writing import raise_on_termination
 
     parser = argparse.ArgumentParser(
         prog="python -m weaklesion.training.distributed",
@@ -161,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from last.pt")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    raise_on_termination()  # torchrun ends the other workers with SIGTERM when one fails
     config = load_config(None if args.config == "-" else args.config, args.set)
     train(config, args.data_root, args.run_dir, resume=args.resume, progress=not args.no_progress)
     return 0
