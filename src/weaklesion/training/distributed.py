@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import gc
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
@@ -163,8 +164,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     raise_on_termination()  # torchrun ends the other workers with SIGTERM when one fails
-    config = load_config(None if args.config == "-" else args.config, args.set)
-    train(config, args.data_root, args.run_dir, resume=args.resume, progress=not args.no_progress)
+    try:
+        config = load_config(None if args.config == "-" else args.config, args.set)
+        train(
+            config, args.data_root, args.run_dir, resume=args.resume, progress=not args.no_progress
+        )
+    except (ValueError, OSError) as error:
+        print(f"error: {(str(error) or type(error).__name__).splitlines()[0]}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as error:
+        number = getattr(error, "signal_number", signal.SIGINT)
+        print(f"interrupted ({signal.Signals(number).name})", file=sys.stderr)
+        return 128 + number
     return 0
 
 
