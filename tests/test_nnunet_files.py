@@ -144,7 +144,7 @@ def test_without_pkl_or_nifti_the_npz_is_refused(tmp_path):
     npz = write_nnunet_output(tmp_path / "bare", None, lesion_map())
     result = runner.invoke(app, ["detect", str(npz), "--out", str(tmp_path / "found.csv")])
     assert result.exit_code == 2 and "Traceback" not in result.output
-    (line,) = result.output.strip().splitlines()
+    (line,) = [line for line in result.output.splitlines() if line.startswith("error: ")]
     assert str(npz) in line and "case.pkl" in line
     assert not os.path.exists(tmp_path / "found.csv")
 
