@@ -3,8 +3,9 @@
 1. ``make_phantom_case`` at the default 32 x 64 x 64 (synthetic and, when nilearn is
    installed, MNI152 anatomy) against its budget of 0.5 s per case.
 2. ``write_image`` to ``.nii.gz`` (gzip level 1 as nibabel, no time stamp, temporary
-   file, fsync, rename) against ``nibabel.save``; ``read_image`` against
-   ``np.asanyarray(nibabel.load(path).dataobj)``, both on one phantom channel.
+   file, fsync, rename) against ``nibabel.save``; ``read_image`` (which reads the gzip
+   stream to its end to check its CRC) against ``np.asanyarray(nibabel.load(path).dataobj)``,
+   both on one phantom channel.
 3. ``check_dataset`` on a 48-case phantom dataset (2 channels + mask per case) against
    the floor of reading every image once with nibabel; ``load_dataset`` (no image read)
    is timed too.
