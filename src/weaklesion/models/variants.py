@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from weaklesion.models.gpunet import _PooledCount, _two_convs, he_initialise
+from weaklesion.models.gpunet import _PooledCount, conv_block
 from weaklesion.models.unet import CONVOLUTIONS, MAX_POOLS, check_spatial_dims
 
 __all__ = ["AttentionGate", "GPUNetNoResidual", "TwoScaleGPUNet"]
@@ -88,21 +88,27 @@ class GPUNetNoResidual(_PooledCount):
 
     smallest_size = 4
 
-    def __init__(self, spatial_dims: int = 3, in_channels: int = 1, filters: int | None = None):
+    def __init__(
+        self,
+        spatial_dims: int = 3,
+        in_channels: int = 1,
+        filters: int | None = None,
+        normalization: str | None = None,
+        output: str = "linear",
+    ):
         super().__init__()
         filters = _default_filters(spatial_dims, filters, in_channels)
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.filters = filters
         f = filters
-        self.encoder = _two_convs(spatial_dims, in_channels, f)
+        self.encoder = conv_block(spatial_dims, in_channels, f, 2, normalization)
         self.pool = MAX_POOLS[spatial_dims](2)
-        self.middle = _two_convs(spatial_dims, f, 2 * f)
-        self.bottom = _two_convs(spatial_dims, 2 * f, 4 * f)
-        self.middle_decoder = _two_convs(spatial_dims, 4 * f + 2 * f, 2 * f)
-        self.decoder = _two_convs(spatial_dims, 2 * f + f, f)
-        self.regressor = nn.Linear(f, 1)
-        he_initialise(self)
+        self.middle = conv_block(spatial_dims, f, 2 * f, 2, normalization)
+        self.bottom = conv_block(spatial_dims, 2 * f, 4 * f, 2, normalization)
+        self.middle_decoder = conv_block(spatial_dims, 4 * f + 2 * f, 2 * f, 2, normalization)
+        self.decoder = conv_block(spatial_dims, 2 * f + f, f, 2, normalization)
+        self._make_output(f, output)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Last feature maps ``(N, filters, *spatial)`` of images ``(N, in_channels, *spatial)``."""
@@ -219,20 +225,21 @@ class TwoScaleGPUNet(_PooledCount):
         in_channels: int = 1,
         filters: int | None = None,
         attention_gate: bool = False,
+        normalization: str | None = None,
+        output: str = "linear",
     ):
         super().__init__()
         filters = _default_filters(spatial_dims, filters, in_channels)
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.filters = filters
-        self.encoder = _two_convs(spatial_dims, in_channels, filters)
+        self.encoder = conv_block(spatial_dims, in_channels, filters, 2, normalization)
         self.pool = MAX_POOLS[spatial_dims](2)
-        self.bottom = _two_convs(spatial_dims, filters, 2 * filters)
+        self.bottom = conv_block(spatial_dims, filters, 2 * filters, 2, normalization)
         self.gate = (
             AttentionGate(spatial_dims, filters, 2 * filters, filters) if attention_gate else None
         )
-        self.regressor = nn.Linear(3 * filters, 1)
-        he_initialise(self)
+        self._make_output(3 * filters, output)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Both scales at full resolution, ``(N, 3 * filters, *spatial)``: ``[f1, up(f2)]``."""

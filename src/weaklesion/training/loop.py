@@ -92,7 +92,7 @@ from weaklesion.training.data import (
     sigma_voxels,
     stream_seed,
 )
-from weaklesion.training.objectives import objective_for
+from weaklesion.training.objectives import level_shift, objective_for
 
 # Config fields a resumed run may change: they do not alter what is computed.
 RESUMABLE_CHANGES = ("epochs", "device", "num_threads")
@@ -496,6 +496,11 @@ def train(
     average = None
     if config.ema_decay > 0:
         average = copy.deepcopy(network).requires_grad_(False)
+    centring = config.target == "count" and config.count_gradient == "centred"
+    if centring:
+        network.centre_batches()
+        if state is None:
+            _calibrate_level(network, train_cases, config)
     trainable = [p for p in network.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=config.lr)
     history: list[dict[str, Any]] = []
@@ -540,6 +545,9 @@ def train(
                         task,
                         average,
                     )
+                    if centring:
+                        # Every process computes the same shift from the same weights.
+                        _calibrate_level(network, train_cases, config)
                     if writer:
                         record = _end_epoch(
                             network,
@@ -570,6 +578,26 @@ def train(
         history=history,
         model=(network if average is None else average).eval(),
     )
+
+
+def _calibrate_level(
+    network: nn.Module, cases: Sequence[TrainingCase], config: TrainConfig
+) -> None:
+    """Set a batch-centred count network's inference statistics from the training images.
+
+    The pooled features' mean over ``cases`` becomes the network's ``pooled_mean``, and
+    the output bias is shifted by :func:`level_shift` so that the predictions fit the
+    labels' level (the mean count, or the fraction of images with a target).
+    """
+    training = network.training
+    network.eval()
+    with torch.no_grad():
+        pooled = [network.pooled_features(torch.from_numpy(case.image)[None]) for case in cases]
+        network.set_pooled_mean(torch.cat(pooled).mean(dim=0))
+        outputs = torch.cat([network(torch.from_numpy(case.image)[None]) for case in cases])
+    network.train(training)
+    counts = torch.tensor([float(case.count) for case in cases])
+    network.shift_level(level_shift(outputs, counts, config.count_objective))
 
 
 def _summary(record: dict[str, Any], metric: str) -> str:

@@ -264,3 +264,49 @@ def objective_for(config: TrainConfig) -> Objective:
     if config.target == "count":
         return _count_regression(config)
     return _dense_regression(config)
+
+
+def level_shift(outputs: torch.Tensor, counts: torch.Tensor, objective: str) -> float:
+    """The constant to add to a count network's outputs so that they fit the labels' level.
+
+    Parameters
+    ----------
+    outputs : (N,) tensor
+        Predicted counts (``"regression"``) or presence logits (``"classification"``) of
+        the training images.
+    counts : (N,) tensor
+        Their true counts.
+    objective : {"regression", "classification"}
+
+    Returns
+    -------
+    float
+        Regression: the mean count minus the mean prediction (the shift that minimises
+        the mean squared error). Classification: the shift ``δ`` with
+        ``mean(sigmoid(outputs + δ)) = mean(counts > 0)`` (the one that minimises the
+        binary cross-entropy), found by bisection; the fraction of images with a target
+        is clipped to [1/(2N), 1 - 1/(2N)] so that ``δ`` is finite.
+
+    Examples
+    --------
+    >>> level_shift(torch.tensor([1.0, 2.0]), torch.tensor([3, 4]), "regression")
+    2.0
+    >>> shift = level_shift(torch.tensor([0.0, 0.0, 0.0, 0.0]), torch.tensor([0, 1, 2, 3]),
+    ...                     "classification")
+    >>> round(float(torch.sigmoid(torch.tensor(shift))), 4)  # 3 of 4 images hold a target
+    0.75
+    """
+    outputs = outputs.detach().double().reshape(-1)
+    counts = counts.detach().double().reshape(-1)
+    if objective == "regression":
+        return float(counts.mean() - outputs.mean())
+    n = len(outputs)
+    present = float((counts > 0).double().mean().clamp(1 / (2 * n), 1 - 1 / (2 * n)))
+    low, high = -60.0, 60.0
+    for _ in range(100):
+        middle = (low + high) / 2
+        if float(torch.sigmoid(outputs + middle).mean()) < present:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2
