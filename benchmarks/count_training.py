@@ -194,6 +194,51 @@ def gradient_snr(
     return out
 
 
+def plateau_snr(
+    digit: int, images: int = 200, batch_sizes=(4, 16, 64), draws: int = 3000, seed: int = 0
+) -> dict:
+    """Signal-to-noise ratio of batch gradients at the mean-count plateau, plain and centred.
+
+    The untrained GP-Unet's counts are shifted to the mean training count (the plateau),
+    and the per-image Jacobians ``J_i = ∂count_i/∂θ`` of ``images`` training grids are
+    computed once. For random batches of ``B`` grids the mean squared error's gradient is
+    ``Σ r_i J_i / B`` (plain) or ``Σ (r_i - mean r) J_i / B`` (centred: what batch-centred
+    pooled features give), ``r_i`` the residuals. The ratio is the norm of the mean
+    gradient over ``draws`` batches to the root mean squared deviation from it.
+    """
+    data = grid_data(digit)
+    x = normalised(data["training"][0][:images], "zscore")
+    y = data["training"][1][:images].astype(np.float64)
+    torch.manual_seed(seed)
+    model = build_model("gpunet", 2, 1, 1).eval()
+    jacobians, counts = [], []
+    for i in range(images):
+        model.zero_grad(set_to_none=True)
+        count = model(x[i : i + 1]).sum()
+        count.backward()
+        counts.append(float(count))
+        grads = [p.grad.flatten() for n, p in model.named_parameters() if n != "regressor.bias"]
+        jacobians.append(torch.cat(grads).double().numpy())
+    jacobian = np.stack(jacobians)
+    counts = np.array(counts)
+    residuals = y.mean() + (counts - counts.mean()) - y
+    rng = np.random.default_rng(seed)
+    out = {}
+    for batch in batch_sizes:
+        for kind in ("plain", "centred"):
+            gradients = []
+            for _ in range(draws):
+                index = rng.choice(images, batch, replace=False)
+                r = residuals[index] - (residuals[index].mean() if kind == "centred" else 0)
+                gradients.append(r @ jacobian[index] / batch)
+            gradients = np.array(gradients)
+            mean = gradients.mean(axis=0)
+            noise = np.sqrt(((gradients - mean) ** 2).sum(axis=1).mean())
+            out[f"batch{batch}_{kind}"] = float(np.linalg.norm(mean) / noise)
+    out["floor"] = 1 / math.sqrt(draws)
+    return out
+
+
 def _parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
@@ -316,9 +361,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--diagnose-epochs", type=int, default=5)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--snr", action="store_true", help="gradient SNR at the plateau only")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.snr:
+        for digit in args.digits:
+            path = args.out / f"plateau_snr_digit{digit}.json"
+            if not path.exists():
+                write_json(path, {"digit": digit, **plateau_snr(digit)})
+        return
     for recipe in args.recipes:
         for digit in args.digits:
             for seed in args.seeds:

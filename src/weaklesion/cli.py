@@ -962,6 +962,13 @@ def bench(
     seeds: Annotated[
         int | None, typer.Option(help="Training seeds [default: mnist 1, others 3].")
     ] = None,
+    count_gradient: Annotated[
+        str | None,
+        typer.Option(
+            help="mnist: how the count networks learn, plain (the papers') or centred "
+            "[default: plain]."
+        ),
+    ] = None,
     quick: Annotated[
         bool, typer.Option("--quick", help="A tiny version that runs in seconds (tests).")
     ] = False,
@@ -996,6 +1003,10 @@ def bench(
         if targets is not None and any(value != int(value) for value in targets):
             raise ValueError(f"--digits: got {digits!r}; expected whole digits 0 to 9")
         options["digits"] = None if targets is None else [int(value) for value in targets]
+        if count_gradient is not None:
+            options["count_gradient"] = count_gradient
+    elif count_gradient is not None:
+        raise ValueError(f"--count-gradient: applies to bench mnist only; got bench {experiment}")
     _bench_runner(experiment)(out, **options)
     typer.echo(f"bench {experiment}: results in {out}")
 

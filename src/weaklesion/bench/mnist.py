@@ -128,6 +128,9 @@ class MnistSettings:
         Seed of the split of the digits into pools and of the grids.
     threads : int
         Torch CPU threads.
+    count_gradient : {"plain", "centred"}
+        How the count networks learn (``TrainConfig.count_gradient``): the papers'
+        plain gradient, or batch-centred pooled features.
     """
 
     grid: tuple[int, int] = (7, 5)
@@ -142,6 +145,7 @@ class MnistSettings:
     n_boot: int = 1000
     pool_seed: int = 0
     threads: int = 1
+    count_gradient: str = "plain"
 
 
 # The full run's epoch budget: a count network first sits at the mean count before it
@@ -432,6 +436,7 @@ def _train_config(model: str, objective: str, seed: int, settings: MnistSettings
         seed=seed,
         num_threads=settings.threads,
         device="cpu",
+        count_gradient=settings.count_gradient,
     )
 
 
@@ -679,6 +684,7 @@ def run_mnist(
     digits: Sequence[int] | None = None,
     methods: Sequence[str] | None = None,
     seeds: int = 1,
+    count_gradient: str | None = None,
     console=None,
 ) -> dict[str, Any]:
     """Run experiment 1 (or what is left of it) and write its report into ``out``.
@@ -701,6 +707,9 @@ def run_mnist(
         Keys of :data:`METHODS`; None runs all six.
     seeds : int
         Training seeds per (digit, method, objective).
+    count_gradient : {"centred", "plain"} or None
+        How the count networks learn (:class:`MnistSettings`); None keeps the default,
+        ``"plain"``. A folder holds one or the other.
     console : rich.console.Console or None
         Where progress is shown; None shows none.
 
@@ -713,6 +722,8 @@ def run_mnist(
 
     out = Path(out)
     settings = QUICK if quick else FULL
+    if count_gradient is not None:
+        settings = dataclasses.replace(settings, count_gradient=count_gradient)
     units = plan_units(digits, methods, seeds, quick)
     torch.set_num_threads(settings.threads)
     # The networks' initialisation is part of the recipe: units trained before the

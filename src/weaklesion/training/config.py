@@ -41,7 +41,7 @@ CHOICES = {
     "sigma_units": ("voxels", "mm"),
     "count_head": COUNT_HEADS,
     "count_objective": ("regression", "classification"),
-    "count_gradient": ("centred", "plain"),
+    "count_gradient": ("plain", "centred"),
     "device": ("auto", "cpu", "cuda"),
     "lr_schedule": ("constant", "cosine", "onecycle"),
 }
@@ -110,15 +110,17 @@ class TrainConfig:
         How a ``count`` target trains: MSE of the predicted count, or binary
         cross-entropy of the single output taken as the logit of lesion presence
         (count > 0). Only for ``labels="counts"``.
-    count_gradient : {"centred", "plain"}
-        How a count network (``labels="counts"``) learns: ``"centred"`` subtracts the
+    count_gradient : {"plain", "centred"}
+        How a count network (``labels="counts"``) learns: ``"plain"`` back-propagates
+        the loss as it is, as the papers do; ``"centred"`` subtracts the
         batch mean of the pooled features in training, so that its weights learn from
         the differences between the images of a batch, and sets the inference mean and
         the output's level from the training images before the first epoch and after
-        each (see :class:`weaklesion.models.GPUNet`; needs ``batch_size`` ≥ 2);
-        ``"plain"`` back-propagates the loss as it is, as the papers do. Measured on
-        7×5 MNIST grids, the plain gradient sits at the mean count for 9 epochs (digit
-        4) or more than 50 (digit 7); see docs/REPRODUCTION.md.
+        each (see :class:`weaklesion.models.GPUNet`; needs ``batch_size`` ≥ 2). On
+        7×5 MNIST grids the plain gradient sits at the mean count for 9 epochs (digit
+        4) or more than 50 (digit 7) and the centred one leaves it within the first
+        epochs; on 1×2 grids the centred one counts better but its maps localise worse,
+        so it is not yet the default (docs/REPRODUCTION.md).
     epochs : int
         Number of training epochs.
     lr : float
@@ -198,7 +200,7 @@ class TrainConfig:
     max_count: int = 4
     count_head: str = "poisson_binomial"
     count_objective: str = "regression"
-    count_gradient: str = "centred"
+    count_gradient: str = "plain"
     epochs: int = 100
     lr: float = 1e-3
     lr_schedule: str = "constant"
