@@ -98,8 +98,8 @@ def test_level_shift_solves_for_the_level_by_brute_force():
 
 def test_centring_needs_batches_of_two():
     with pytest.raises(ValueError, match="batch_size"):
-        TrainConfig(labels="counts", batch_size=1)
-    assert TrainConfig(labels="counts", batch_size=1, count_gradient="plain").batch_size == 1
+        TrainConfig(labels="counts", batch_size=1, count_gradient="centred")
+    assert TrainConfig(labels="counts", batch_size=1).count_gradient == "plain"
     with pytest.raises(ValueError, match="linear output"):
         GPUNet(spatial_dims=2, output="density").centre_batches()
 
