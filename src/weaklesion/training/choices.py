@@ -42,6 +42,10 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "regression": "MSE of the predicted count",
         "classification": "BCE of lesion presence (count > 0)",
     },
+    "count_gradient": {
+        "plain": "the loss's gradient as it is (the papers')",
+        "centred": "batch-centred pooled features; leaves the plateau",
+    },
     "lr_schedule": {
         "constant": "the rate lr throughout",
         "cosine": "cosine annealing from lr to 0",
@@ -56,6 +60,7 @@ KEY_NOTES = {
     "model": "the network",
     "count_head": "how masks+counts training counts (and its loss)",
     "count_objective": "the loss of a count target",
+    "count_gradient": "how a count network learns",
     "lr_schedule": "learning rate over the epochs",
 }
 
