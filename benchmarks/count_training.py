@@ -216,7 +216,7 @@ def plateau_snr(
         model.zero_grad(set_to_none=True)
         count = model(x[i : i + 1]).sum()
         count.backward()
-        counts.append(float(count))
+        counts.append(float(count.detach()))
         grads = [p.grad.flatten() for n, p in model.named_parameters() if n != "regressor.bias"]
         jacobians.append(torch.cat(grads).double().numpy())
     jacobian = np.stack(jacobians)
