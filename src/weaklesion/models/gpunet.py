@@ -103,7 +103,7 @@ class _PooledCount(nn.Module):
     plateau at the mean count it dominates the plain gradient (the batch's mean
     residual times the derivative of the mean activation) and carries nothing about
     where the objects are: measured on 7×5 MNIST grids at the plateau, removing it raised
-    the signal-to-noise ratio of batch-4 gradients from ≤ 0.02 to 0.23
+    the signal-to-noise ratio of batch-4 gradients from 0.02–0.04 to 0.23–0.25
     (``benchmarks/count_training.py``). It is batch normalisation of the pooled
     features without the scaling, with exact statistics at inference.
     """
