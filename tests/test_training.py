@@ -15,7 +15,7 @@ import torch
 from weaklesion.data.phantom import write_phantom_dataset
 from weaklesion.inference import predict_image
 from weaklesion.targets import gaussian_heatmap
-from weaklesion.training import TrainConfig, load_config, load_run, save_config, train
+from weaklesion.training import TrainConfig, load_config, load_run, loop, save_config, train
 from weaklesion.training.checkpoint import build_model_for, load_checkpoint, save_checkpoint
 from weaklesion.training.data import (
     LesionDataset,
@@ -528,6 +528,45 @@ def test_validation_every_k_epochs_with_a_schedule(phantom, tmp_path):
             resume=True,
             progress=False,
         )
+
+
+@pytest.mark.parametrize("val_every", [1, 2])
+def test_patience_stops_after_stale_validations_and_keeps_the_best_epoch(
+    phantom, tmp_path, monkeypatch, val_every
+):
+    # Planted validation F1 per validation: the best is the fourth; the three after it
+    # are worse, so patience 3 ends the run there and the 0.9 is never reached.
+    planted = iter([0.2, 0.5, 0.4, 0.6, 0.3, 0.1, 0.55, 0.9, 0.95])
+    monkeypatch.setattr(loop, "validate", lambda *args: {"f1": next(planted), "threshold": 0.5})
+    copies = {}
+
+    def keep_last(epoch, record):
+        copies[epoch] = load_checkpoint(tmp_path / "last.pt")["model"]
+
+    config = tiny_config("points", epochs=30, val_every=val_every, patience=3, lr=1e-2)
+    result = train(config, phantom, tmp_path, progress=False, on_epoch_end=keep_last)
+    validated = [r["epoch"] for r in result.history if "val_f1" in r]
+    assert validated == [val_every * k for k in range(1, 8)]
+    assert result.epochs_completed == 7 * val_every == len(result.history)
+    assert result.best_epoch == 4 * val_every and result.best_value == 0.6
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["epoch"] == result.best_epoch
+    for name, value in best["model"].items():
+        assert torch.equal(value, copies[result.best_epoch][name]), name
+    assert not torch.equal(best["model"][name], copies[result.epochs_completed][name])
+
+    # Resuming a run that patience ended trains nothing more.
+    resumed = train(config, phantom, tmp_path, resume=True, progress=False)
+    assert resumed.epochs_completed == result.epochs_completed
+    assert len(resumed.history) == len(result.history)
+
+
+def test_min_epochs_holds_patience_back(phantom, tmp_path, monkeypatch):
+    planted = iter([0.9, 0.1, 0.2, 0.3, 0.4, 0.5])
+    monkeypatch.setattr(loop, "validate", lambda *args: {"f1": next(planted), "threshold": 0.5})
+    config = tiny_config("points", epochs=6, patience=1, min_epochs=4)
+    result = train(config, phantom, tmp_path, progress=False)
+    assert result.epochs_completed == 4 and result.best_epoch == 1
 
 
 def test_new_run_refuses_a_folder_with_a_run(phantom, trained):

@@ -8,6 +8,7 @@ and exit status 2, never a traceback, and never a half-written output file.
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import subprocess
 import sys
@@ -53,8 +54,19 @@ def _options(
             "--version", callback=_print_version, is_eager=True, help="Print the version."
         ),
     ] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="CPU threads for torch's operations, for this command and the processes it "
+            "starts (sets WEAKLESION_NUM_THREADS). Default: WEAKLESION_NUM_THREADS, "
+            "OMP_NUM_THREADS, else the cores the machine's load leaves free.",
+        ),
+    ] = None,
 ) -> None:
     """Find and count lesions in 2D and 3D images from weak labels."""
+    if threads is not None:
+        os.environ["WEAKLESION_NUM_THREADS"] = str(threads)
 
 
 class _TrainCommand(TyperCommand):
@@ -73,11 +85,16 @@ class _TrainCommand(TyperCommand):
 
 
 def _refuse_bad_input(command: Callable) -> Callable:
-    """Turn the errors a user can cause into one line on stderr and exit status 2."""
+    """Turn the errors a user can cause into one line on stderr and exit status 2; set
+    torch's threads first (:mod:`weaklesion.threads`, imported here and not at the top
+    so that ``--help`` does not wait for torch)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
+            from weaklesion.threads import apply_thread_policy
+
+            apply_thread_policy()
             return command(*args, **kwargs)
         except (ValueError, OSError, KeyError) as error:
             message = str(error) or error.__class__.__name__

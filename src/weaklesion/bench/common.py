@@ -11,6 +11,7 @@ so it can be rewritten whenever more units have finished.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -132,18 +133,19 @@ def check_settings(out: str | os.PathLike, settings: Mapping[str, Any]) -> None:
             )
 
 
-class _Converged(Exception):
-    """Raised from the epoch callback to end training early."""
-
-
-def _stale_epochs(run_dir: Path) -> tuple[int, int] | None:
-    """Epochs completed and epochs since the best validated one, from ``metrics.json``."""
+def _converged(run_dir: Path, config: TrainConfig) -> bool:
+    """Whether a run folder already holds a run that is done, read from ``metrics.json``
+    alone (so that a finished run does not load its data again): all epochs, or
+    ``patience`` epochs since the best one after ``min_epochs``."""
     path = run_dir / "metrics.json"
     if not path.exists():
-        return None
+        return False
     record = json.loads(path.read_text(encoding="utf-8"))
     completed = int(record["epochs_completed"])
-    return completed, completed - int(record.get("best_epoch") or 0)
+    stale = completed - int(record.get("best_epoch") or 0)
+    return completed >= config.epochs or (
+        completed >= config.min_epochs and stale >= config.patience
+    )
 
 
 def train_with_early_stopping(
@@ -157,12 +159,11 @@ def train_with_early_stopping(
 ) -> dict[str, Any]:
     """Train for at most ``config.epochs`` epochs, stopping when validation stops improving.
 
-    Training stops after the epoch that leaves ``patience`` epochs since the best
-    validated one (by the loop's validation metric, see
-    :mod:`weaklesion.training.loop`), once ``min_epochs`` are done, or after
-    ``config.epochs``. A run folder with a
-    ``last.pt`` continues where it stopped (exact resume); a run that already met the
-    rule is left as it is.
+    The run is trained with the configuration's ``patience`` and ``min_epochs`` set
+    (see :class:`~weaklesion.training.TrainConfig`): it stops after ``patience``
+    validations without a better validation metric once ``min_epochs`` are done, or
+    after ``config.epochs``. A run folder with a ``last.pt`` continues where it stopped
+    (exact resume); a run that already met the rule is left as it is.
 
     Parameters
     ----------
@@ -173,7 +174,8 @@ def train_with_early_stopping(
     run_dir : path
         Run folder (``best.pt`` is the best validated epoch).
     patience : int
-        Epochs without a better validation metric after which training stops (>= 1).
+        Validations without a better validation metric after which training stops
+        (>= 1).
     min_epochs : int
         Epochs trained before the rule applies: a network that learns nothing at first
         (a count regressor stuck at the mean count) gets that long to start.
@@ -192,34 +194,10 @@ def train_with_early_stopping(
     """
     if patience < 1:
         raise ValueError(f"patience: got {patience!r}; expected a number of epochs >= 1")
+    config = dataclasses.replace(config, patience=patience, min_epochs=min_epochs)
     run_dir = Path(run_dir)
-
-    def converged() -> bool:
-        state = _stale_epochs(run_dir)
-        if state is None:
-            return False
-        completed, stale = state
-        return completed >= config.epochs or (completed >= min_epochs and stale >= patience)
-
-    if not converged():
-
-        def stop_when_stale(epoch: int, record: dict[str, Any]) -> None:
-            if on_epoch is not None:
-                on_epoch(epoch, record)
-            if converged():
-                raise _Converged
-
-        try:
-            train(
-                config,
-                data_root,
-                run_dir,
-                resume=True,
-                progress=progress,
-                on_epoch_end=stop_when_stale,
-            )
-        except _Converged:
-            pass
+    if not _converged(run_dir, config):
+        train(config, data_root, run_dir, resume=True, progress=progress, on_epoch_end=on_epoch)
     record = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     completed = int(record["epochs_completed"])

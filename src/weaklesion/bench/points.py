@@ -89,6 +89,7 @@ from weaklesion.bench.common import (
     write_text,
 )
 from weaklesion.io import atomic_write, write_json
+from weaklesion.threads import choose_threads
 
 __all__ = [
     "METHODS",
@@ -148,7 +149,6 @@ CALIBRATION_BINS = 10
 CERTAINTY_FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)
 SEGMENTATION_THRESHOLD = 0.5  # binarisation of the transfer models' maps
 TRANSFER_SCORES = ("segmentation_f1", "detection_f1", "dice")
-QUIET_LOAD = 1.0  # below this 1-minute load average, train with 2 torch threads
 
 
 @dataclass(frozen=True)
@@ -617,10 +617,8 @@ def _fraction_name(fraction: float) -> str:
 
 
 def _threads(quick: bool) -> int:
-    """Two torch threads on a quiet machine, else one (the machine is shared)."""
-    if quick or not hasattr(os, "getloadavg"):
-        return 1
-    return 2 if os.getloadavg()[0] < QUIET_LOAD else 1
+    """One torch thread for the quick run, else the package's thread policy."""
+    return 1 if quick else choose_threads()
 
 
 @dataclass

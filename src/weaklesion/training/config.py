@@ -141,13 +141,22 @@ class TrainConfig:
         (rotation and scaling); 0 augments with flips only.
     seed : int
         Seed of initialisation, data order, patches, augmentation and dropout.
-    num_threads : int
-        CPU threads for torch (``torch.set_num_threads``).
+    num_threads : int or None
+        CPU threads for torch's operations (``torch.set_num_threads``); None follows
+        :func:`weaklesion.threads.choose_threads` (``WEAKLESION_NUM_THREADS``,
+        ``OMP_NUM_THREADS``, else the cores the machine's load leaves free).
     val_fraction : float
         Fraction of labelled cases held out for validation when the dataset has no split.
     val_every : int
         Validate (and update ``best.pt``) after every ``val_every``-th epoch and after
         the last one; ``last.pt`` is written after every epoch.
+    patience : int or None
+        Early stopping: training ends once this many validations in a row (see
+        ``val_every``) have not bettered the best one, whose weights ``best.pt`` keeps.
+        None trains all ``epochs``.
+    min_epochs : int
+        Epochs trained before ``patience`` may end training: a network that learns
+        nothing at first (a count regressor stuck at the mean count) gets that long.
     match_distance : float
         Largest distance, in ``sigma_units``, at which a validation detection matches a
         true lesion (detection F1).
@@ -209,9 +218,11 @@ class TrainConfig:
     augment: bool = True
     affine_probability: float = 0.5
     seed: int = 0
-    num_threads: int = 2
+    num_threads: int | None = None
     val_fraction: float = 0.2
     val_every: int = 1
+    patience: int | None = None
+    min_epochs: int = 0
     match_distance: float = 3.0
     init_from: str | None = None
     label_fraction: float = 1.0
@@ -251,9 +262,10 @@ def _check_ranges(config: TrainConfig) -> None:
         "num_threads",
         "match_distance",
         "val_every",
+        "patience",
     )
     for name in positive:
-        if not getattr(config, name) > 0:
+        if getattr(config, name) is not None and not getattr(config, name) > 0:
             raise ValueError(f"{name}: got {getattr(config, name)!r}; expected a positive value")
     non_negative = (
         "foreground_weight",
@@ -263,6 +275,7 @@ def _check_ranges(config: TrainConfig) -> None:
         "count_ramp_epochs",
         "max_count",
         "seed",
+        "min_epochs",
     )
     for name in non_negative:
         if getattr(config, name) < 0:

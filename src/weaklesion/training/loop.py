@@ -72,6 +72,7 @@ from weaklesion.scoring import (
     operating_curve,
     settings_for_config,
 )
+from weaklesion.threads import apply_thread_policy
 from weaklesion.training import distributed
 from weaklesion.training.checkpoint import (
     build_model_for,
@@ -95,7 +96,7 @@ from weaklesion.training.data import (
 from weaklesion.training.objectives import level_shift, objective_for
 
 # Config fields a resumed run may change: they do not alter what is computed.
-RESUMABLE_CHANGES = ("epochs", "device", "num_threads")
+RESUMABLE_CHANGES = ("epochs", "device", "num_threads", "patience", "min_epochs")
 # The one-cycle schedule: warm-up fraction, peak / initial rate, initial / final rate.
 ONECYCLE_WARMUP, ONECYCLE_DIV, ONECYCLE_FINAL_DIV = 0.3, 25.0, 1e4
 
@@ -419,8 +420,9 @@ def train(
     resume : bool
         Continue from ``run_dir/last.pt`` (model, optimiser, epoch, history and best
         epoch), with the same data order, augmentation and dropout as an uninterrupted
-        run. Without a ``last.pt`` the run starts afresh. Only ``epochs``, ``device`` and
-        ``num_threads`` may differ from the stored configuration.
+        run. Without a ``last.pt`` the run starts afresh. Only ``epochs``, ``device``,
+        ``num_threads``, ``patience`` and ``min_epochs`` may differ from the stored
+        configuration; a run that ``patience`` ended stays ended.
     progress : bool
         Show a progress bar (rich) with the loss and samples per second.
     log : text stream or None
@@ -452,7 +454,7 @@ def train(
     :mod:`weaklesion.training.distributed`.
     """
     run_dir = Path(run_dir)
-    torch.set_num_threads(config.num_threads)
+    apply_thread_policy(config.num_threads)
     device = distributed.device_for(config.device)
     train_cases, val_cases, data_info = load_training_cases(data_root, config)
     config = dataclasses.replace(config, spatial_dims=data_info["spatial_dims"])
@@ -516,6 +518,7 @@ def train(
     dataset = LesionDataset(train_cases, config, scale)
     stop = min(config.epochs, max_epochs) if max_epochs is not None else config.epochs
 
+    completed = start
     with distributed.process_group(device) as (rank, world_size):
         model = distributed.wrap(network, device)
         try:
@@ -532,6 +535,8 @@ def train(
                     validation="",
                 )
                 for epoch in range(start, stop):
+                    if _stops_early(config, info, history, writer, device):
+                        break
                     bar.update(task, description=f"epoch {epoch + 1}/{config.epochs}")
                     record = _train_epoch(
                         model,
@@ -565,13 +570,14 @@ def train(
                         bar.update(task, validation=_summary(record, metric))
                         if log is not None:
                             print(epoch_line(record, config.epochs, metric), file=log, flush=True)
+                    completed = epoch + 1
                     if on_epoch_end is not None:
                         on_epoch_end(epoch + 1, record)
         finally:
             del model  # before the group goes (see distributed.process_group)
     return TrainResult(
         run_dir=run_dir,
-        epochs_completed=max(stop, start),
+        epochs_completed=completed,
         best_epoch=int(info.get("best_epoch", 0)),
         metric=metric,
         best_value=float(info.get("best_value", math.nan)),
@@ -598,6 +604,52 @@ def _calibrate_level(
     network.train(training)
     counts = torch.tensor([float(case.count) for case in cases])
     network.shift_level(level_shift(outputs, counts, config.count_objective))
+
+
+def stale_validations(history: Sequence[dict[str, Any]], metric: str, best_epoch: int) -> int:
+    """Validations after the best epoch: the count that ``patience`` is compared with.
+
+    Parameters
+    ----------
+    history : sequence of dict
+        Epoch records as in ``history.jsonl``; a validated epoch holds
+        ``val_<metric>`` (or, in a run without validation cases, the training loss,
+        which stands in for it on every epoch).
+    metric : str
+        Name of the validation metric (``"loss"`` without validation cases).
+    best_epoch : int
+        1-based epoch of ``best.pt`` (0 when none was better than nothing yet).
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> history = [{"epoch": 1, "val_f1": 0.5}, {"epoch": 2}, {"epoch": 3, "val_f1": 0.4}]
+    >>> stale_validations(history, "f1", best_epoch=1)
+    1
+    """
+    key = metric if metric == "loss" else f"val_{metric}"
+    return sum(1 for record in history if record["epoch"] > best_epoch and key in record)
+
+
+def _stops_early(
+    config: TrainConfig,
+    info: dict[str, Any],
+    history: Sequence[dict[str, Any]],
+    writer: bool,
+    device: torch.device,
+) -> bool:
+    """Whether ``patience`` ends training before the next epoch; the writing process
+    (which alone holds the history) decides for all."""
+    if config.patience is None:
+        return False
+    stop = False
+    if writer and history and history[-1]["epoch"] >= config.min_epochs:
+        stale = stale_validations(history, info["metric"], int(info.get("best_epoch") or 0))
+        stop = stale >= config.patience
+    return distributed.sum_over_processes({"stop": float(stop)}, device)["stop"] > 0
 
 
 def _summary(record: dict[str, Any], metric: str) -> str:
