@@ -23,14 +23,6 @@ from weaklesion.models.heads import attach_count_head
 MAX_COUNT = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def blobs(n: int, seed: int, size: int = 24):
     """Images of 0 to 3 bright disks in noise, their masks and counts."""
     rng = np.random.default_rng(seed)

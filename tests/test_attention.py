@@ -31,13 +31,7 @@ from weaklesion.models import UNet, build_model
 COUNT_MODELS = ("gpunet", "gpunet_noresidual", "gpunet_base", "gated_attention")
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seeded")
 
 
 def _count_model(name, spatial_dims=2, in_channels=1, filters=3):

@@ -8,7 +8,6 @@ import json
 import sys
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from weaklesion.bench import common
@@ -48,7 +47,6 @@ def history(run_dir):
 
 @pytest.mark.slow
 def test_quick_mnist_finds_digits_resumes_and_skips_finished_units(tmp_path, counted_training):
-    torch.set_num_threads(1)
     out = tmp_path / "mnist"
     command = ["bench", "mnist", "--quick", "--methods", "gpunet", "--out", str(out)]
     first_run = "digit1_gpunet_regression_seed0"

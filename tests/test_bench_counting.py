@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from rich.console import Console
 
 from weaklesion.bench.counting import (
@@ -26,7 +25,6 @@ from weaklesion.counting import poisson_binomial_pmf
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("counting")
     console = Console(quiet=True)
     first = run_counting(out, quick=True, seeds=1, methods=None, console=console)

@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from weaklesion.bench.points import (
     METHODS,
@@ -29,7 +28,6 @@ from weaklesion.targets import gaussian_heatmap
 from weaklesion.training.data import heatmap_scale
 from weaklesion.uncertainty import lesion_entropy
 
-torch.set_num_threads(1)
 SIGMA = 1.0
 MATCH_DISTANCE = 3.0
 

@@ -22,7 +22,6 @@ from weaklesion.compare import (
     paired_bootstrap,
     wilcoxon_signed_rank,
 )
-from weaklesion.data.phantom import write_phantom_dataset
 from weaklesion.detection import Detections, write_detections_csv
 from weaklesion.metrics import (
     evaluate_detections,
@@ -254,9 +253,8 @@ def test_count_accuracy_comes_from_the_count_section():
 
 
 @pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    root = tmp_path_factory.mktemp("compare") / "phantom"
-    return write_phantom_dataset(root, n_cases=6, seed=3, shape=(16, 32, 32), splits=(2, 1, 3))
+def phantom(phantom_dataset):
+    return phantom_dataset(n_cases=6, seed=3, shape=(16, 32, 32), splits=(2, 1, 3))
 
 
 def write_detections(phantom, path, jitter: float, drop_case: str | None = None) -> None:

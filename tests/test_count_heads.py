@@ -43,14 +43,6 @@ HEADS = tuple(head for head in COUNT_HEADS if head != "poisson_binomial")
 FEATURES = (4, 8, 16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def headed_model(count_head: str, spatial_dims: int = 2, max_count: int = 4, seed: int = 0):
     torch.manual_seed(seed)
     unet = UNet(spatial_dims, features=FEATURES, dropout=0.2)

@@ -20,9 +20,8 @@ N_CASES = 4
 
 
 @pytest.fixture(scope="module")
-def phantom_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("phantom")
-    return write_phantom_dataset(root, n_cases=N_CASES, shape=SHAPE, splits=(2, 1, 1), n_lesions=3)
+def phantom_root(phantom_dataset):
+    return phantom_dataset(n_cases=N_CASES, shape=SHAPE, splits=(2, 1, 1), n_lesions=3)
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import textwrap
 import pytest
 import torch
 
-from weaklesion.data.phantom import write_phantom_dataset
 from weaklesion.training.checkpoint import load_checkpoint
 from weaklesion.training.distributed import main, torchrun_command, world
 
@@ -66,9 +65,8 @@ OVERRIDES = [
 
 
 @pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    root = tmp_path_factory.mktemp("phantom")
-    return write_phantom_dataset(root, n_cases=6, seed=5, shape=(16, 24, 24), splits=(4, 2, 0))
+def phantom(phantom_dataset):
+    return phantom_dataset(n_cases=6, seed=5, shape=(16, 24, 24), splits=(4, 2, 0))
 
 
 def parameter_hash(state: dict[str, torch.Tensor]) -> str:

@@ -24,14 +24,6 @@ TINY_UNET = "model_kwargs.features=[4, 8, 16]"
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def invoke(*args) -> str:
     result = runner.invoke(app, [str(arg) for arg in args])
     assert result.exit_code == 0, result.output

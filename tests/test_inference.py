@@ -10,22 +10,12 @@ import torch
 
 from weaklesion.data.dataset import load_dataset
 from weaklesion.data.normalize import zscore
-from weaklesion.data.phantom import write_phantom_dataset
 from weaklesion.detection import fit_gaussians
 from weaklesion.inference import predict_cases, predict_image
 from weaklesion.io import read_image, write_image
 from weaklesion.models import GPUNet, UNet
 from weaklesion.training import TrainConfig
 from weaklesion.training.checkpoint import run_state, save_checkpoint
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a small shared machine more threads only wait on each other."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 class Pointwise(torch.nn.Module):
@@ -147,10 +137,9 @@ def test_empty_image_gives_an_empty_map():
 
 
 @pytest.fixture(scope="module")
-def run_and_data(tmp_path_factory):
+def run_and_data(tmp_path_factory, phantom_dataset):
     """A run folder holding an (untrained) heatmap U-Net, and a 3-case phantom."""
-    data = write_phantom_dataset(
-        tmp_path_factory.mktemp("data"),
+    data = phantom_dataset(
         n_cases=3,
         shape=(16, 24, 24),
         splits=(3, 0, 0),

@@ -19,15 +19,7 @@ from weaklesion.models import (
 TINY = (2, 4, 4, 8, 8)
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    # The tensors here are tiny: a second thread costs more in synchronisation than it
-    # saves, and far more when other processes share the cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seeded")
 
 
 def _unet_parameters(spatial_dims, in_channels, out_channels, features):

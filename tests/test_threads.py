@@ -6,6 +6,14 @@ from weaklesion.cli import app
 from weaklesion.threads import apply_thread_policy, choose_threads
 
 
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    """The tests here change torch's threads; the others run with the one set now."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize(
     ("cores", "load", "expected"),
     [

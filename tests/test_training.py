@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from weaklesion.data.phantom import write_phantom_dataset
 from weaklesion.inference import predict_image
 from weaklesion.targets import gaussian_heatmap
 from weaklesion.training import TrainConfig, load_config, load_run, loop, save_config, train
@@ -38,20 +37,10 @@ TINY_UNET = {"features": [4, 8, 16]}
 TINY_GPUNET = {"filters": 4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a small shared machine more threads only wait on each other."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
+def phantom(phantom_dataset):
     """8 phantom cases of 16×32×32: 6 for training, 2 for validation."""
-    root = tmp_path_factory.mktemp("phantom")
-    return write_phantom_dataset(root, n_cases=8, seed=3, shape=(16, 32, 32), splits=(6, 2, 0))
+    return phantom_dataset(n_cases=8, seed=3, shape=(16, 32, 32), splits=(6, 2, 0))
 
 
 def tiny_config(labels: str, **changes) -> TrainConfig:

@@ -47,14 +47,6 @@ from weaklesion.tuning import (
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def random_study(seed: int, n_cases: int = 6):
     """Cases of (detections, scores with ties, truth) in a 20 x 30 x 30 volume."""
     rng = np.random.default_rng(seed)

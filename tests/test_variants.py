@@ -24,13 +24,7 @@ from weaklesion.training.objectives import objective_for
 COUNT_MODELS = ("gpunet", "gpunet_noresidual", "gpunet_base", "gated_attention")
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seeded")
 
 
 def _conv(cin, cout, spatial_dims, kernel=3, bias=True):

@@ -2,9 +2,12 @@
 
 torch starts with one thread per core. On a shared machine that is the wrong default:
 while other processes keep the cores busy, the threads of one operation wait on each
-other, and a batched Poisson-binomial pmf (64 maps x 1,000 regions) or a training step
-of the demo's U-Net on 2 cores ran several times slower with 2 threads than with 1
-(``benchmarks/bench_threads.py``, results in ``benchmarks/results/threads.json``).
+other. On 2 cores with a load average of 5 to 11 (other users' jobs), torch's default
+of 2 threads against 1 took 9.6-10.5 times as long for a batched Poisson-binomial pmf
+(64 maps x 1,000 regions), 2.6-4.9 times for a training step of the demo's U-Net and
+5.5-6.9 times for one of a GP-Unet (medians over rounds; ``benchmarks/bench_threads.py``,
+results in ``benchmarks/results/threads.json``). With the cores free, the policy keeps
+torch's default of one thread per core.
 
 The policy, in order:
 
