@@ -19,13 +19,13 @@ import torch
 from typer.testing import CliRunner
 
 from weaklesion.cli import app
+from weaklesion.config import TrainConfig
 from weaklesion.data import load_dataset
 from weaklesion.data.phantom import write_phantom_dataset
 from weaklesion.detection import read_detections_csv
 from weaklesion.io import read_image, write_image
 from weaklesion.models import UNet
 from weaklesion.training.checkpoint import run_state, save_checkpoint
-from weaklesion.training.config import TrainConfig
 
 runner = CliRunner()
 

@@ -21,7 +21,6 @@ from weaklesion.counting import (
     component_count,
     count_distribution,
     existence_probabilities,
-    mc_dropout_count_distribution,
     sample_count_distribution,
 )
 from weaklesion.data.normalize import zscore
@@ -38,6 +37,7 @@ from weaklesion.models.heads import (
 from weaklesion.training import TrainConfig, load_run
 from weaklesion.training.checkpoint import build_model_for
 from weaklesion.training.objectives import count_weight_at, objective_for, weighted_bce
+from weaklesion.uncertainty import mc_dropout_count_distribution
 
 HEADS = tuple(head for head in COUNT_HEADS if head != "poisson_binomial")
 FEATURES = (4, 8, 16)

@@ -16,10 +16,10 @@ import textwrap
 import pytest
 import torch
 
+from weaklesion.config import TrainConfig
 from weaklesion.data.phantom import write_phantom_dataset
 from weaklesion.models import UNet
 from weaklesion.training.checkpoint import run_state, save_checkpoint
-from weaklesion.training.config import TrainConfig
 
 TRIALS = 20
 

@@ -12,11 +12,11 @@ from importlib.metadata import version
 
 import pytest
 from typer.testing import CliRunner
+from weaklesion.training.config import CHOICES
 
 from weaklesion.cli import app
 from weaklesion.data import write_phantom_dataset
 from weaklesion.training.choices import DESCRIPTIONS, registered_choices
-from weaklesion.training.config import CHOICES
 
 runner = CliRunner()
 

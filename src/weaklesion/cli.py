@@ -138,7 +138,7 @@ def _case_name(path: Path) -> str:
     ``_<attention method>``) that ``weaklesion predict`` appends (``case_001_heatmap.nii.gz``
     and ``case_001_gradcam.nii.gz`` are case ``case_001``)."""
     from weaklesion.attention import METHODS
-    from weaklesion.training.config import TARGETS
+    from weaklesion.config import TARGETS
 
     name = path.name
     for suffix in (".nii.gz", ".nii", ".npy", ".npz", ".tif", ".tiff", ".png"):

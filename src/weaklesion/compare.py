@@ -33,16 +33,11 @@ import numpy as np
 import scipy.stats
 
 from weaklesion._validation import ArrayLike, _values, check_finite
-from weaklesion.metrics import case_multiplicities, count_metrics, froc_auc_weighted
+from weaklesion.io import json_ready
+from weaklesion.metrics import case_multiplicities, count_metrics, f1_from_counts, froc_auc_weighted
 
 ZERO_METHOD = "wilcox"
 """Default treatment of zero differences in :func:`wilcoxon_signed_rank`: left out."""
-
-
-def _json_number(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 @dataclass(frozen=True)
@@ -77,7 +72,7 @@ class PairedDifference:
 
     def to_dict(self) -> dict[str, Any]:
         """The record as a JSON-ready dict (NaN as None)."""
-        return {key: _json_number(value) for key, value in asdict(self).items()}
+        return json_ready(asdict(self))
 
 
 def _paired_data(per_case_a, per_case_b) -> tuple[Any, Any, int]:
@@ -271,7 +266,7 @@ class WilcoxonResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The record as a JSON-ready dict (NaN as None)."""
-        return {key: _json_number(value) for key, value in asdict(self).items()}
+        return json_ready(asdict(self))
 
 
 def wilcoxon_signed_rank(
@@ -462,9 +457,7 @@ def _per_case(report: Mapping[str, Any], cases: Sequence[str]) -> dict[str, Any]
 
 def _pooled_f1(counts: np.ndarray, weights: np.ndarray) -> np.ndarray:
     tp, fp, fn = (weights @ counts).T
-    denominator = 2 * tp + fp + fn
-    safe = np.where(denominator > 0, denominator, 1.0)
-    return np.where(denominator > 0, 2 * tp / safe, 1.0)
+    return np.asarray(f1_from_counts(tp, fp, fn))
 
 
 def _froc_area(max_fp: float) -> Callable[[list, np.ndarray], np.ndarray]:

@@ -18,9 +18,10 @@ hoc on any model's output, including probability maps made by other tools.
 - :func:`count_statistics` -- the same statistics from any pmf (e.g. MC dropout);
 - :func:`count_nll` and :class:`CountLoss` -- negative log-likelihood of count labels;
   :func:`existence_probabilities` -- the differentiable region maxima they score;
-- :func:`component_count`, :func:`mc_dropout_count_distribution` and
-  :func:`sample_count_distribution` -- post-hoc baselines: the connected-component
-  count at a threshold, and the histogram of counts over MC-dropout samples.
+- :func:`component_count` and :func:`sample_count_distribution` -- post-hoc
+  baselines: the connected-component count at a threshold, and the histogram of counts
+  over samples (drawn with MC dropout by
+  :func:`weaklesion.uncertainty.mc_dropout_count_distribution`).
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ __all__ = [
     "count_nll",
     "count_statistics",
     "existence_probabilities",
-    "mc_dropout_count_distribution",
     "poisson_binomial_pmf",
     "sample_count_distribution",
 ]
@@ -877,80 +877,3 @@ def component_count(
     counts = [_component_number(v, threshold, connectivity, min_size) for v in maps]
     counts = np.asarray(counts, dtype=np.int64)[:, None]
     return sample_count_distribution(counts if batch else counts[0], max_count, credible)
-
-
-def mc_dropout_count_distribution(
-    model: torch.nn.Module,
-    image: ArrayLike,
-    samples: int,
-    per_sample: str = "components",
-    threshold: float | None = None,
-    connectivity: int | None = None,
-    min_size: int = 1,
-    max_count: int | None = None,
-    seed: int = 0,
-    credible: float = 0.95,
-    device: str | torch.device | None = None,
-) -> CountDistribution:
-    """Empirical count distribution over Monte-Carlo dropout samples of a segmentation.
-
-    Each of ``samples`` forward passes with dropout on gives a probability map
-    (:func:`weaklesion.inference.predict_image` with ``mc_samples``); each map is counted
-    and the counts' histogram is the distribution.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        A segmentation network with dropout, whose output (or first output) is logits.
-    image : (C, Y, X) or (C, Z, Y, X) array or tensor
-        One normalised image.
-    samples : int
-        Number of MC-dropout passes, at least 1.
-    per_sample : {"components", "mode"}
-        How one sample map is counted: ``"components"``, its connected components above
-        ``threshold`` (default 0.5; :func:`component_count`); ``"mode"``, the most
-        probable count of its Poisson-binomial distribution, regions above ``threshold``
-        (default 0.1; :func:`count_distribution`).
-    threshold : float, optional
-        Binarisation threshold; None for the default of ``per_sample``.
-    connectivity, min_size
-        As in :func:`candidate_regions`.
-    max_count : int, optional
-        Bins ``0 .. max_count``, the last one "``max_count`` or more".
-    seed : int
-        Seed of the dropout masks (the global random state is left untouched).
-    credible : float
-        Mass of the credible interval, in (0, 1].
-    device : str, torch.device or None
-        Where to run; None uses the device of the model's parameters.
-
-    Returns
-    -------
-    CountDistribution
-        ``pmf[k]`` is the fraction of samples counted ``k`` (:func:`sample_count_distribution`).
-
-    Raises
-    ------
-    ValueError
-        If the model has no dropout layer, or for a bad option.
-    """
-    from weaklesion.inference import predict_image
-
-    if per_sample not in ("components", "mode"):
-        raise ValueError(f"per_sample: got {per_sample!r}; expected 'components' or 'mode'")
-    if isinstance(samples, bool) or not isinstance(samples, int | np.integer) or samples < 1:
-        raise ValueError(f"samples: got {samples!r}; expected a positive integer")
-    if threshold is None:
-        threshold = 0.5 if per_sample == "components" else 0.1
-    prediction = predict_image(
-        model, image, "segmentation", mc_samples=int(samples), seed=seed, device=device
-    )
-    maps = prediction.samples
-    if per_sample == "components":
-        counts = component_count(maps, threshold, connectivity, min_size, batch=True).mode
-    else:
-        distribution = count_distribution(
-            maps, threshold, connectivity, min_size, max_count=max_count, batch=True
-        )
-        counts = distribution.mode
-    return sample_count_distribution(np.asarray(counts), max_count, credible)

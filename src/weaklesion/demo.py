@@ -20,6 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from weaklesion.counting import count_distribution
+from weaklesion.data import load_dataset, write_phantom_dataset, zscore
+from weaklesion.data.truth import lesion_truth
 from weaklesion.detection import (
     Detections,
     component_detections,
@@ -27,12 +29,14 @@ from weaklesion.detection import (
     peak_detections,
     write_detections_csv,
 )
+from weaklesion.inference import predict_image
 from weaklesion.io import write_json
-from weaklesion.metrics import detection_scores, match_points
+from weaklesion.metrics import detection_scores, evaluate_detections, match_points
 from weaklesion.report import plot_froc, plot_reliability, plot_slices
 from weaklesion.report.html import evaluation_outcomes, write_report
 from weaklesion.scoring import find_lesions, lesion_count_distribution, settings_for_config
 from weaklesion.targets import gaussian_heatmap
+from weaklesion.training import load_config, load_run, train
 
 
 @dataclass(frozen=True)
@@ -299,11 +303,6 @@ def run_demo(
         threshold, recall per size stratum, FROC and FAUC, calibration, per-case count
         distributions, and the time of each stage in seconds.
     """
-    from weaklesion.data import load_dataset, write_phantom_dataset, zscore
-    from weaklesion.data.truth import lesion_truth
-    from weaklesion.inference import predict_image
-    from weaklesion.metrics import evaluate_detections
-    from weaklesion.training import load_config, load_run, train
 
     console = console or Console()
     out = Path(out)

@@ -13,23 +13,26 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from rich.progress import track
 from torch import nn
 
 from weaklesion._validation import check_finite
-from weaklesion.io import write_json
+from weaklesion.attention import METHODS, attention_maps
+from weaklesion.counting import CountDistribution, count_distribution, count_statistics
+from weaklesion.data.dataset import CHANNEL_NAME, Case, case_id_problem, load_dataset
+from weaklesion.data.normalize import zscore
+from weaklesion.io import affine_spacing, image_suffix, write_image, write_json
+from weaklesion.models import enable_mc_dropout
+from weaklesion.models.heads import has_count_head
+from weaklesion.run import device_for, load_run
 from weaklesion.scoring import find_lesions, lesion_count_distribution, settings_for_config
 from weaklesion.writing import check_output_folder, output_folder
-
-if TYPE_CHECKING:
-    from weaklesion.counting import CountDistribution
 
 KINDS = ("heatmap", "euclidean", "geodesic", "segmentation", "count")
 
@@ -108,6 +111,8 @@ def _one_pass(
 
     With windows, the image and the stitched map stay on the CPU and only the windows
     go to ``device``, so a GPU needs memory for ``sw_batch_size`` windows, not the volume.
+    MONAI is imported here, not at the top: it takes seconds to import and only
+    sliding-window prediction needs it.
     """
     if patch_size is None:
         return predict(x.to(device)).cpu()
@@ -195,7 +200,6 @@ def predict_image(
     check_finite(x, "image")
     if patch_size is not None and len(patch_size) != x.ndim - 1:
         raise ValueError(f"patch_size: got {tuple(patch_size)}; expected {x.ndim - 1} sizes")
-    from weaklesion.models.heads import has_count_head
 
     if patch_size is not None and has_count_head(model):
         raise ValueError("patch_size: a network with a count head counts whole images; got windows")
@@ -225,8 +229,6 @@ def predict_image(
             if mc_samples == 0:
                 maps = one_pass()[None]
             else:
-                from weaklesion.models import enable_mc_dropout
-
                 enable_mc_dropout(model)
                 devices = [device] if device.type == "cuda" else []
                 with torch.random.fork_rng(devices=devices):
@@ -287,14 +289,10 @@ def predicted_count_distribution(
     >>> predicted_count_distribution(head).mode
     1
     """
-    from weaklesion.counting import count_distribution, count_statistics
 
     if prediction.count_pmf is not None:
         return count_statistics(prediction.count_pmf)
     return count_distribution(prediction.map, max_count=max_count)
-
-
-_CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
 def _input_cases(inputs, spacing: Sequence[float] | None, split: str | None = None) -> list:
@@ -304,8 +302,6 @@ def _input_cases(inputs, spacing: Sequence[float] | None, split: str | None = No
     Files named ``CASE_0000``, ``CASE_0001``, ... are the channels of one case ``CASE``;
     any other file is a case of its own, named after the file.
     """
-    from weaklesion.data.dataset import Case, load_dataset
-    from weaklesion.io import image_suffix
 
     if isinstance(inputs, str | os.PathLike) and (
         not Path(inputs).is_file() or Path(inputs).suffix.lower() == ".json"
@@ -320,7 +316,7 @@ def _input_cases(inputs, spacing: Sequence[float] | None, split: str | None = No
         if not path.is_file():
             raise ValueError(f"{path}: no such image file")
         stem = path.name[: -len(image_suffix(path))]
-        match = _CHANNEL_SUFFIX.match(stem)
+        match = CHANNEL_NAME.match(stem)
         case, channel = (match["case"], int(match["channel"])) if match else (stem, 0)
         if channel in groups.setdefault(case, {}):
             raise ValueError(f"{path}: case {case!r} has channel {channel} twice")
@@ -404,19 +400,12 @@ def predict_cases(
         name, or an input cannot be read or has a different number of channels or
         spatial dimensions than the model was trained on.
     """
-    from weaklesion.data.dataset import case_id_problem
-    from weaklesion.data.normalize import zscore
-    from weaklesion.io import affine_spacing, image_suffix, write_image
-    from weaklesion.training.checkpoint import load_run
-    from weaklesion.training.distributed import device_for
 
     out_dir = Path(out_dir)
     check_output_folder(out_dir, overwrite)
     model, config, info = load_run(run_dir, which, device_for(device))
     kind = config.target
     if attention is not None:
-        from weaklesion.attention import METHODS, attention_maps
-
         if attention not in METHODS:
             raise ValueError(f"attention: got {attention!r}; expected one of {', '.join(METHODS)}")
         if kind != "count" or patch_size is not None or mc_samples:
@@ -432,8 +421,6 @@ def predict_cases(
     settings = settings_for_config(config)
     names, summary = [], {}
     if progress:
-        from rich.progress import track
-
         cases = track(cases, description="Predicting")
     with output_folder(out_dir, overwrite) as staging:
         for case in cases:

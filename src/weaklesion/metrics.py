@@ -34,6 +34,7 @@ from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
 
+import cc3d
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
@@ -49,6 +50,8 @@ from weaklesion._validation import (
     check_same_shape,
     check_spatial,
 )
+from weaklesion.detection import component_detections
+from weaklesion.io import json_ready
 
 SIZE_STRATA: Mapping[str, tuple[float, float]] = MappingProxyType(
     {"small": (3, 10), "medium": (11, 50), "large": (51, math.inf)}
@@ -60,26 +63,12 @@ SIZE_STRATA: Mapping[str, tuple[float, float]] = MappingProxyType(
 _BLOCK_ENTRIES = 2**22
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(key): _jsonable(item) for key, item in value.items()}
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, list | tuple):
-        return [_jsonable(item) for item in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 class _Record:
     """Adds ``to_dict`` (JSON-ready: lists, Python numbers, ``None`` for NaN) to records."""
 
     def to_dict(self) -> dict[str, Any]:
         """Return the record as a JSON-ready dictionary."""
-        return {item.name: _jsonable(getattr(self, item.name)) for item in fields(self)}
+        return {item.name: json_ready(getattr(self, item.name)) for item in fields(self)}
 
 
 # ----------------------------------------------------------------------------- matching
@@ -424,7 +413,7 @@ def detection_scores(matches: Matches | Sequence[Matches]) -> DetectionScores:
     return DetectionScores(
         precision=_ratio(tp, tp + fp, 1.0),
         recall=_ratio(tp, tp + fn, 1.0),
-        f1=_ratio(2 * tp, 2 * tp + fp + fn, 1.0),
+        f1=f1_from_counts(tp, fp, fn),
         fp_per_image=_ratio(fp, n_cases, math.nan),
         fn_per_image=_ratio(fn, n_cases, math.nan),
         tp=tp,
@@ -432,6 +421,126 @@ def detection_scores(matches: Matches | Sequence[Matches]) -> DetectionScores:
         fn=fn,
         n_cases=n_cases,
     )
+
+
+def f1_from_counts(tp: ArrayLike, fp: ArrayLike, fn: ArrayLike) -> float | np.ndarray:
+    """F1 = 2 TP / (2 TP + FP + FN) from counts, 1 where there is nothing to find and
+    nothing was found.
+
+    Parameters
+    ----------
+    tp, fp, fn : int or array of int
+        True positives, false positives and false negatives (arrays broadcast).
+
+    Returns
+    -------
+    float or array
+        A float for scalar counts, else an array of the broadcast shape.
+
+    Examples
+    --------
+    >>> f1_from_counts(3, 1, 2), f1_from_counts(0, 0, 0)
+    (0.6666666666666666, 1.0)
+    >>> f1_from_counts(np.array([1, 0]), np.array([1, 0]), np.array([0, 0]))
+    array([0.66666667, 1.        ])
+    """
+    tp, fp, fn = (np.asarray(count, dtype=float) for count in (tp, fp, fn))
+    denominator = 2 * tp + fp + fn
+    safe = np.where(denominator > 0, denominator, 1.0)
+    f1 = np.where(denominator > 0, 2 * tp / safe, 1.0)
+    return float(f1) if f1.ndim == 0 else f1
+
+
+def overlap_matches(predicted: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
+    """TP, FP, FN of predicted components against true lesion instances by overlap.
+
+    A predicted component (26-connected) and a true lesion may pair when they share a
+    voxel; among one-to-one pairings the one with the most pairs is taken (Hungarian).
+
+    Parameters
+    ----------
+    predicted : (Z, Y, X) bool array
+        Binary segmentation.
+    truth : (Z, Y, X) int array
+        True lesion instances, 0 for background.
+
+    Returns
+    -------
+    (int, int, int)
+        True positives, false positives (unpaired components) and false negatives
+        (unpaired lesions).
+
+    Examples
+    --------
+    >>> truth = np.zeros((1, 1, 7), int)
+    >>> truth[0, 0, :2], truth[0, 0, 4] = 1, 2
+    >>> overlap_matches(np.array([[[1, 0, 0, 0, 0, 0, 1]]], bool), truth)
+    (1, 1, 1)
+    """
+    labels, n_pred = cc3d.connected_components(predicted, connectivity=26, return_N=True)
+    ids = np.unique(truth[truth > 0])
+    n_true = len(ids)
+    if n_pred == 0 or n_true == 0:
+        return 0, int(n_pred), n_true
+    both = (labels > 0) & (truth > 0)
+    overlap = np.zeros((n_pred, n_true), dtype=bool)
+    overlap[labels[both] - 1, np.searchsorted(ids, truth[both])] = True
+    rows, cols = linear_sum_assignment(overlap, maximize=True)
+    tp = int(overlap[rows, cols].sum())
+    return tp, int(n_pred) - tp, n_true - tp
+
+
+def segmentation_scores(
+    probabilities: Sequence[np.ndarray],
+    instances: Sequence[np.ndarray],
+    points: Sequence[np.ndarray],
+    match_distance: float,
+    threshold: float = 0.5,
+    location: str = "center_of_mass",
+) -> dict[str, Any]:
+    """Segmentation F1 by overlap, detection F1 and Dice of probability maps cut at a threshold.
+
+    Parameters
+    ----------
+    probabilities : sequence of (Z, Y, X) arrays
+        Lesion probability of each case.
+    instances : sequence of (Z, Y, X) int arrays
+        True lesion instances, 0 for background.
+    points : sequence of (T, D) arrays
+        True lesion centres, voxels.
+    match_distance : float
+        Largest distance of a detection match, voxels.
+    threshold : float
+        Voxels strictly above it are lesion.
+    location : {"center_of_mass", "max"}
+        Where a component is detected (see :func:`weaklesion.detection.component_detections`).
+
+    Returns
+    -------
+    dict
+        ``segmentation_f1`` (components matched to lesions by overlap, pooled counts in
+        ``segmentation_tp_fp_fn``), ``detection_f1``, ``detection_precision``,
+        ``detection_recall`` (each component's ``location`` within ``match_distance`` of
+        a true centre) and ``dice`` (pooled over cases).
+    """
+    totals = np.zeros(3, dtype=int)
+    matches, intersection, volume = [], 0.0, 0.0
+    for probability, truth, centres in zip(probabilities, instances, points, strict=True):
+        predicted = probability > threshold
+        totals += overlap_matches(predicted, truth)
+        found = component_detections(probability, threshold, location=location)
+        matches.append(match_points(found.points, centres, match_distance))
+        intersection += np.logical_and(predicted, truth > 0).sum()
+        volume += predicted.sum() + (truth > 0).sum()
+    detection = detection_scores(matches)
+    return {
+        "segmentation_f1": f1_from_counts(*totals),
+        "segmentation_tp_fp_fn": totals.tolist(),
+        "detection_f1": detection.f1,
+        "detection_precision": detection.precision,
+        "detection_recall": detection.recall,
+        "dice": float(2 * intersection / volume) if volume else 1.0,
+    }
 
 
 @dataclass(frozen=True)
@@ -1026,7 +1135,7 @@ class ConfidenceInterval(NamedTuple):
 
     def to_dict(self) -> dict[str, Any]:
         """Return the interval as a JSON-ready dictionary."""
-        return _jsonable(self._asdict())
+        return json_ready(self._asdict())
 
 
 def _check_bootstrap(n_boot: int, confidence: float) -> None:
@@ -1788,4 +1897,4 @@ def evaluate_detections(
         sizes = [np.asarray(_values(truth_sizes[case])) for case in truth]
         report["recall_by_size"] = recall_by_size(kept_matches, sizes, strata).to_dict()
         report["settings"]["strata"] = {name: list(bounds) for name, bounds in strata.items()}
-    return _jsonable(report)
+    return json_ready(report)

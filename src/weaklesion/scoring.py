@@ -20,17 +20,15 @@ import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from weaklesion._validation import ArrayLike, _values, check_finite
+from weaklesion.config import TrainConfig
 from weaklesion.counting import CountDistribution, count_statistics, poisson_binomial_pmf
 from weaklesion.detection import Detections, component_detections, fit_gaussians, peak_detections
 from weaklesion.metrics import hits_by_score, match_points
-
-if TYPE_CHECKING:
-    from weaklesion.training.config import TrainConfig
 
 DEFAULT_THRESHOLDS = tuple(np.round(np.arange(0.01, 1.0, 0.01), 2).tolist())
 """Candidate thresholds: 0.01, 0.02, ..., 0.99."""
@@ -186,7 +184,7 @@ def settings_for_config(config: TrainConfig, source: str = "run config") -> Lesi
 
     Examples
     --------
-    >>> from weaklesion.training.config import TrainConfig
+    >>> from weaklesion.config import TrainConfig
     >>> settings = settings_for_config(TrainConfig(labels="masks", match_distance=5.0))
     >>> settings.method, settings.location, settings.match_distance
     ('components', 'center_of_mass', 5.0)

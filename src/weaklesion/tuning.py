@@ -42,18 +42,22 @@ checkpoint replaced by further training invalidates it); the curve is drawn in
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+from rich.progress import track
 
-from weaklesion.io import write_json
+from weaklesion.config import load_config
+from weaklesion.data.dataset import load_dataset
+from weaklesion.data.normalize import zscore
+from weaklesion.inference import predict_image
+from weaklesion.io import affine_spacing, json_ready, write_json
+from weaklesion.report.figures import plot_curve
+from weaklesion.run import OPERATING_POINT_FILE, checkpoint_sha256, load_run, read_operating_point
 from weaklesion.scoring import (
     DEFAULT_OFFSETS,
     DEFAULT_THRESHOLDS,
@@ -68,12 +72,10 @@ from weaklesion.scoring import (
     settings_for_config,
     threshold_sweep,
 )
-from weaklesion.training.config import load_config
 
 DEFAULTS = {"threshold": 0.5, "count_offset": 0.5}
 """The setting used when nothing is tuned: threshold 0.5, rounding the count."""
 
-OPERATING_POINT_FILE = "operating_point.json"
 FIGURE_FILE = Path("report") / "operating_point.png"
 
 __all__ = [
@@ -96,28 +98,6 @@ __all__ = [
 # ------------------------------------------------------------------------- from a run
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _json_ready(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-        return _json_ready(value.tolist())
-    if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def _validation_cases(dataset, split: str, info: dict[str, Any]) -> list:
     if split in dataset.split:
         return dataset.split_cases(split)
@@ -133,13 +113,8 @@ def _validation_cases(dataset, split: str, info: dict[str, Any]) -> list:
 
 def _predict_cases(model, config, info, cases, device, progress: bool):
     """Predictions and voxel spacing of each case."""
-    from weaklesion.data.normalize import zscore
-    from weaklesion.inference import predict_image
-    from weaklesion.io import affine_spacing
 
     if progress:
-        from rich.progress import track
-
         cases = track(cases, description="Predicting validation cases")
     results = []
     for case in cases:
@@ -226,8 +201,6 @@ def tune_operating_point(
         If the split is missing, the cases lack the labels the metric needs, or no
         setting meets the metric's constraint.
     """
-    from weaklesion.data.dataset import load_dataset
-    from weaklesion.training.checkpoint import load_run
 
     run_dir = Path(run_dir)
     checkpoint = run_dir / f"{which}.pt" if which in ("best", "last") else Path(which)
@@ -300,12 +273,12 @@ def tune_operating_point(
         "run": {
             "dir": str(run_dir.resolve()),
             "checkpoint": checkpoint.name,
-            "sha256": _sha256(checkpoint),
+            "sha256": checkpoint_sha256(checkpoint),
             "epoch": int(info["epoch"]),
         },
         "figure": FIGURE_FILE.as_posix(),
     }
-    record = _json_ready(record)
+    record = json_ready(record)
     if write:
         write_json(run_dir / OPERATING_POINT_FILE, record)
         plot_operating_curve(record, run_dir / FIGURE_FILE)
@@ -320,7 +293,6 @@ def _count(case) -> int | None:
 
 def plot_operating_curve(record: dict[str, Any], path: str | os.PathLike) -> Path:
     """Draw a tuning record's curve: the metric and the detection scores per setting."""
-    from weaklesion.report.figures import plot_curve
 
     curve = record["curve"]
     names = [n for n in ("f1", "precision", "recall", "count_accuracy") if n in curve]
@@ -347,49 +319,6 @@ def plot_operating_curve(record: dict[str, Any], path: str | os.PathLike) -> Pat
 
 
 # ------------------------------------------------------------------------ read back
-
-
-def read_operating_point(
-    run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None
-) -> dict[str, Any] | None:
-    """The operating point stored in a run folder, if it was tuned for ``checkpoint``.
-
-    Parameters
-    ----------
-    run_dir : path
-        Run folder.
-    checkpoint : path, optional
-        The checkpoint in use; default ``RUN/best.pt``.
-
-    Returns
-    -------
-    dict or None
-        The record :func:`tune_operating_point` wrote; None when there is none, when it
-        was tuned for a checkpoint of another name (``best.pt`` when ``checkpoint`` is
-        ``last.pt``), or (with a warning) when the checkpoint of that name has changed
-        since, e.g. because further training found a better epoch.
-    """
-    run_dir = Path(run_dir)
-    path = run_dir / OPERATING_POINT_FILE
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        tuned_for = record["run"]["sha256"]
-        record["parameter"], float(record["value"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-        raise ValueError(f"{path}: not an operating point written by `weaklesion tune`") from None
-    checkpoint = run_dir / "best.pt" if checkpoint is None else Path(checkpoint)
-    if record["run"].get("checkpoint") != checkpoint.name:
-        return None  # tuned for another checkpoint of the run, e.g. best.pt, not last.pt
-    if not checkpoint.is_file() or _sha256(checkpoint) != tuned_for:
-        warnings.warn(
-            f"{path}: tuned for another {checkpoint.name} than the one now in {run_dir}; "
-            "ignored (run `weaklesion tune` again)",
-            stacklevel=2,
-        )
-        return None
-    return record
 
 
 class StoredSetting(NamedTuple):

@@ -9,7 +9,8 @@
   detect it, the mean and spread of its probability, the entropy of the mean and the part
   of it due to the sampled weights (mutual information).
 - :func:`mc_dropout_lesion_uncertainty` -- draws the samples with MC dropout
-  (:func:`weaklesion.inference.predict_image`) and summarises them per lesion.
+  (:func:`weaklesion.inference.predict_image`) and summarises them per lesion;
+  :func:`mc_dropout_count_distribution` counts each sample instead.
 
 Whether an uncertainty is useful shows in
 :func:`weaklesion.metrics.accuracy_by_certainty`: the fraction of true lesions among
@@ -26,7 +27,14 @@ import torch
 from torch import nn
 
 from weaklesion._validation import ArrayLike, _values, check_probabilities, check_spatial
+from weaklesion.counting import (
+    CountDistribution,
+    component_count,
+    count_distribution,
+    sample_count_distribution,
+)
 from weaklesion.detection import Detections
+from weaklesion.inference import predict_image
 from weaklesion.metrics import binary_entropy
 
 SAMPLE_EXTRAS = ("size", "detected_fraction", "probability_std", "entropy", "mutual_information")
@@ -197,9 +205,83 @@ def mc_dropout_lesion_uncertainty(
     """
     if samples < 1:
         raise ValueError(f"samples: got {samples!r}; expected at least 1")
-    from weaklesion.inference import predict_image
-
     prediction = predict_image(
         model, image, "segmentation", patch_size, mc_samples=samples, seed=seed
     )
     return lesion_uncertainty_from_samples(prediction.samples, threshold)
+
+
+def mc_dropout_count_distribution(
+    model: torch.nn.Module,
+    image: ArrayLike,
+    samples: int,
+    per_sample: str = "components",
+    threshold: float | None = None,
+    connectivity: int | None = None,
+    min_size: int = 1,
+    max_count: int | None = None,
+    seed: int = 0,
+    credible: float = 0.95,
+    device: str | torch.device | None = None,
+) -> CountDistribution:
+    """Empirical count distribution over Monte-Carlo dropout samples of a segmentation.
+
+    Each of ``samples`` forward passes with dropout on gives a probability map
+    (:func:`weaklesion.inference.predict_image` with ``mc_samples``); each map is counted
+    and the counts' histogram is the distribution.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A segmentation network with dropout, whose output (or first output) is logits.
+    image : (C, Y, X) or (C, Z, Y, X) array or tensor
+        One normalised image.
+    samples : int
+        Number of MC-dropout passes, at least 1.
+    per_sample : {"components", "mode"}
+        How one sample map is counted: ``"components"``, its connected components above
+        ``threshold`` (default 0.5; :func:`~weaklesion.counting.component_count`);
+        ``"mode"``, the most probable count of its Poisson-binomial distribution, regions
+        above ``threshold`` (default 0.1; :func:`~weaklesion.counting.count_distribution`).
+    threshold : float, optional
+        Binarisation threshold; None for the default of ``per_sample``.
+    connectivity, min_size
+        As in :func:`~weaklesion.counting.candidate_regions`.
+    max_count : int, optional
+        Bins ``0 .. max_count``, the last one "``max_count`` or more".
+    seed : int
+        Seed of the dropout masks (the global random state is left untouched).
+    credible : float
+        Mass of the credible interval, in (0, 1].
+    device : str, torch.device or None
+        Where to run; None uses the device of the model's parameters.
+
+    Returns
+    -------
+    CountDistribution
+        ``pmf[k]`` is the fraction of samples counted ``k``
+        (:func:`~weaklesion.counting.sample_count_distribution`).
+
+    Raises
+    ------
+    ValueError
+        If the model has no dropout layer, or for a bad option.
+    """
+    if per_sample not in ("components", "mode"):
+        raise ValueError(f"per_sample: got {per_sample!r}; expected 'components' or 'mode'")
+    if isinstance(samples, bool) or not isinstance(samples, int | np.integer) or samples < 1:
+        raise ValueError(f"samples: got {samples!r}; expected a positive integer")
+    if threshold is None:
+        threshold = 0.5 if per_sample == "components" else 0.1
+    prediction = predict_image(
+        model, image, "segmentation", mc_samples=int(samples), seed=seed, device=device
+    )
+    maps = prediction.samples
+    if per_sample == "components":
+        counts = component_count(maps, threshold, connectivity, min_size, batch=True).mode
+    else:
+        distribution = count_distribution(
+            maps, threshold, connectivity, min_size, max_count=max_count, batch=True
+        )
+        counts = distribution.mode
+    return sample_count_distribution(np.asarray(counts), max_count, credible)

@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from weaklesion.io import atomic_write, write_json
+from weaklesion.io import atomic_write, json_ready, write_json
 from weaklesion.training import TrainConfig, train
 
 UNITS_FOLDER = "units"
@@ -216,27 +218,6 @@ def train_with_early_stopping(
     }
 
 
-def json_ready(value: Any) -> Any:
-    """``value`` with NumPy scalars and arrays as Python numbers and lists, NaN as None.
-
-    Examples
-    --------
-    >>> json_ready({"a": np.float32(0.5), "b": np.arange(2), "c": float("nan")})
-    {'a': 0.5, 'b': [0, 1], 'c': None}
-    """
-    if isinstance(value, Mapping):
-        return {str(key): json_ready(item) for key, item in value.items()}
-    if isinstance(value, np.ndarray):
-        return json_ready(value.tolist())
-    if isinstance(value, list | tuple):
-        return [json_ready(item) for item in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def mean_and_spread(values: Sequence[float | None]) -> tuple[float, float, int]:
     """Mean, sample standard deviation (0 for one value) and number of the finite values.
 
@@ -312,7 +293,6 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def machine() -> dict[str, Any]:
     """Where the numbers were measured: CPU count, load, torch threads, versions."""
-    import torch
 
     return {
         "platform": platform.platform(),
@@ -343,13 +323,6 @@ class UnitProgress:
     """
 
     def __init__(self, console, total: int, title: str):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
 
         self._console, self._total, self._title = console, total, title
         self._lines = console is not None and not console.is_terminal

@@ -60,6 +60,7 @@ import torch
 from rich.console import Console
 from scipy import ndimage
 
+from weaklesion.adversarial import attack_success_rate
 from weaklesion.bench.common import (
     UnitProgress,
     check_settings,
@@ -71,7 +72,31 @@ from weaklesion.bench.common import (
     unit_path,
     write_text,
 )
+from weaklesion.counting import (
+    candidate_regions,
+    component_count,
+    count_statistics,
+    poisson_binomial_pmf,
+)
+from weaklesion.data.dataset import load_dataset
+from weaklesion.data.normalize import zscore
+from weaklesion.data.phantom import write_phantom_dataset
+from weaklesion.detection import component_detections
+from weaklesion.inference import predict_image
 from weaklesion.io import atomic_write, write_json
+from weaklesion.metrics import (
+    accuracy_by_certainty,
+    count_accuracy,
+    count_f1,
+    count_mae,
+    expected_calibration_error,
+    f1_from_counts,
+    match_to_regions,
+    reliability_bins,
+)
+from weaklesion.report.figures import plot_curve, plot_reliability
+from weaklesion.training import TrainConfig, load_run, train
+from weaklesion.uncertainty import mc_dropout_count_distribution
 
 __all__ = [
     "METHODS",
@@ -227,7 +252,6 @@ def _write_data(root: Path, settings: CountingSettings) -> Path:
 
     The datalist is written last, so its presence means the data are complete.
     """
-    from weaklesion.data.phantom import write_phantom_dataset
 
     datalist = root / "datalist.json"
     if datalist.exists():
@@ -275,8 +299,6 @@ class _Case:
 
 
 def _cases(datalist: Path, split: str | None) -> list[_Case]:
-    from weaklesion.data.dataset import load_dataset
-    from weaklesion.data.normalize import zscore
 
     dataset = load_dataset(datalist)
     chosen = list(dataset) if split is None else dataset.split_cases(split)
@@ -356,7 +378,6 @@ def threshold_counts(prob_map: np.ndarray, thresholds: Sequence[float] = THRESHO
         most probable count of the Poisson-binomial distribution of the candidate regions
         above each threshold, bins 0 .. :data:`MAX_COUNT` (the last "or more").
     """
-    from weaklesion.counting import component_count
 
     return {
         "cc": [int(component_count(prob_map, t).mode) for t in thresholds],
@@ -393,7 +414,6 @@ def threshold_sensitivity(
     >>> table["cc"]["accuracy"], table["pb"]["accuracy"], table["cc"]["spread"]
     ([0.0, 1.0], [1.0, 1.0], 1.0)
     """
-    from weaklesion.metrics import count_accuracy, count_f1
 
     actual = np.minimum(np.asarray(truth), MAX_COUNT)
     stable = np.asarray(thresholds) <= STABLE_UP_TO + 1e-9
@@ -414,7 +434,6 @@ def threshold_sensitivity(
 
 def _poisson_binomial(prob_map: np.ndarray, threshold: float) -> np.ndarray:
     """Count pmf, bins 0 .. :data:`MAX_COUNT`, of the regions of ``prob_map`` > ``threshold``."""
-    from weaklesion.counting import candidate_regions, poisson_binomial_pmf
 
     existence = candidate_regions(prob_map, threshold).probabilities
     return poisson_binomial_pmf(np.asarray(existence, dtype=np.float64), MAX_COUNT)
@@ -427,7 +446,6 @@ def _count_record(pmf: np.ndarray) -> dict:
     which :func:`~weaklesion.counting.count_statistics` refuses: the pmf is clipped to
     [0, 1] and renormalised first.
     """
-    from weaklesion.counting import count_statistics
 
     values = np.clip(np.asarray(pmf, dtype=np.float64), 0.0, 1.0)
     stats = count_statistics(values / values.sum())
@@ -442,7 +460,6 @@ def _count_record(pmf: np.ndarray) -> dict:
 
 
 def _train_config(method: str, regime: str, seed: int, settings: CountingSettings):
-    from weaklesion.training import TrainConfig
 
     factor = settings.low_data_epoch_factor if regime == "low" else 1
     values: dict[str, Any] = {
@@ -468,7 +485,6 @@ def _train_config(method: str, regime: str, seed: int, settings: CountingSetting
 
 
 def _train_unit(run_dir: Path, config, datalist: Path) -> dict:
-    from weaklesion.training import train
 
     result = train(config, datalist, run_dir, resume=True, progress=False)
     history = result.history
@@ -495,11 +511,6 @@ def _evaluate_unit(
     as MC-dropout components.
     """
     method = key["method"]
-    from weaklesion.counting import component_count, mc_dropout_count_distribution
-    from weaklesion.detection import component_detections
-    from weaklesion.inference import predict_image
-    from weaklesion.metrics import match_to_regions
-    from weaklesion.training import load_run
 
     model, _, _ = load_run(run_dir)
     variants: dict[str, list[dict]] = {"count": []}
@@ -547,8 +558,6 @@ def _attack_unit(
     run_dir: Path, key: dict, cases: Sequence[_Case], settings: CountingSettings
 ) -> dict:
     """The count attack on the first test cases; ``key`` is copied into the result."""
-    from weaklesion.adversarial import attack_success_rate
-    from weaklesion.training import load_run
 
     model, _, _ = load_run(run_dir)
     chosen = cases[: settings.attack_images]
@@ -569,7 +578,6 @@ def _planted_unit(datalist: Path) -> dict:
     The ceiling is the number of connected components of each true mask: touching
     lesions merge, so even a perfect segmentation counts them as one.
     """
-    from weaklesion.counting import component_count
 
     cases = _cases(datalist, None)
     test = {c.name for c in _cases(datalist, "test")}
@@ -589,14 +597,6 @@ def _planted_unit(datalist: Path) -> dict:
 
 def _variant_metrics(records: Sequence[dict], truth: Sequence[int]) -> dict:
     """Accuracy, F1, MAE, ECE and the certainty curve of one count variant."""
-    from weaklesion.metrics import (
-        accuracy_by_certainty,
-        count_accuracy,
-        count_f1,
-        count_mae,
-        expected_calibration_error,
-        reliability_bins,
-    )
 
     actual = np.minimum(np.asarray(truth), MAX_COUNT)
     mode = np.array([r["mode"] for r in records])
@@ -624,7 +624,6 @@ def _mean_std(values: Sequence[float]) -> dict:
 
 
 def _pooled_reliability(per_seed: Sequence[dict]) -> dict:
-    from weaklesion.metrics import reliability_bins
 
     confidence = np.concatenate([m["confidence"] for m in per_seed])
     correct = np.concatenate([m["correct"] for m in per_seed])
@@ -653,7 +652,6 @@ def summarise_counting(units: Path) -> dict:
         ``"train_seconds"`` per model and ``"unit_seconds"`` (all units, summed); only
         what the finished units allow.
     """
-    from weaklesion.metrics import count_accuracy
 
     evaluations = [json.loads(p.read_text()) for p in sorted(units.glob("eval-*.json"))]
     trainings = {
@@ -670,7 +668,7 @@ def summarise_counting(units: Path) -> dict:
             metrics = _variant_metrics(records, truth)
             tp, fp, fn = evaluation["lesion_tp_fp_fn"]
             metrics["dice"] = evaluation["dice"]
-            metrics["lesion_f1"] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+            metrics["lesion_f1"] = f1_from_counts(tp, fp, fn)
             per_row.setdefault((regime, _row_key(evaluation["method"], variant)), []).append(
                 metrics
             )
@@ -880,7 +878,6 @@ def _threshold_markdown(table: dict, title: str) -> str:
 
 
 def _plots(results: dict, out: Path) -> None:
-    from weaklesion.report.figures import plot_curve, plot_reliability
 
     if "threshold" in results:
         curves = {

@@ -41,6 +41,7 @@ import dataclasses
 import functools
 import gzip
 import importlib.util
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -49,8 +50,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from weaklesion.attention import attention_maps
 from weaklesion.bench.common import (
+    SETTINGS_FILE,
     UnitProgress,
     check_settings,
     format_interval,
@@ -59,13 +63,26 @@ from weaklesion.bench.common import (
     machine,
     markdown_table,
     mean_and_spread,
+    read_unit,
     read_units,
     run_unit,
     train_with_early_stopping,
     unit_path,
     write_text,
 )
+from weaklesion.data import load_dataset
+from weaklesion.data.normalize import zscore
+from weaklesion.detection import peak_detections
 from weaklesion.io import atomic_write, write_counts_csv, write_image, write_json
+from weaklesion.metrics import (
+    count_accuracy,
+    count_mae,
+    froc_auc_ci,
+    froc_by_rank,
+    region_hits_by_score,
+)
+from weaklesion.report.figures import plot_froc
+from weaklesion.training import TrainConfig, load_run
 
 DIGIT_SIZE = 28
 SPLITS = ("training", "validation", "test")
@@ -358,7 +375,6 @@ def write_grid_dataset(
 
 def json_dumps(payload: Any) -> str:
     """Indented JSON text with a final newline."""
-    import json
 
     return json.dumps(payload, indent=2) + "\n"
 
@@ -423,7 +439,6 @@ def plan_units(
 
 
 def _train_config(model: str, objective: str, seed: int, settings: MnistSettings):
-    from weaklesion.training import TrainConfig
 
     return TrainConfig(
         labels="counts",
@@ -445,8 +460,6 @@ def _test_cases(data_root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     The images are normalised as the training loop normalises them (z-score).
     """
-    from weaklesion.data import load_dataset
-    from weaklesion.data.normalize import zscore
 
     cases = load_dataset(data_root).split_cases("test")
     arrays = [case.load() for case in cases]
@@ -463,9 +476,6 @@ def attention_and_outputs(
 
     The output is the predicted count (regression) or presence logit (classification).
     """
-    import torch
-
-    from weaklesion.attention import attention_maps
 
     maps, outputs = [], []
     for start in range(0, len(images), batch_size):
@@ -527,8 +537,6 @@ def score_attention(
     >>> result["fauc"]["estimate"], result["at_count"]
     (1.0, {'sensitivity': 1.0, 'fp_per_image': 0.5, 'fn_per_image': 0.0})
     """
-    from weaklesion.detection import peak_detections
-    from weaklesion.metrics import froc_auc_ci, froc_by_rank, region_hits_by_score
 
     scores, hits, n_truth = [], [], []
     for values, labels in zip(maps, cells, strict=True):
@@ -572,7 +580,6 @@ def _count_scores(outputs: np.ndarray, counts: np.ndarray, objective: str) -> di
     """How well the network's output predicts the count (regression) or presence."""
     if objective == "classification":
         return {"presence_accuracy": float(np.mean((outputs > 0) == (counts > 0)))}
-    from weaklesion.metrics import count_accuracy, count_mae
 
     predicted = np.clip(outputs, 0, None)
     return {
@@ -649,7 +656,6 @@ def _evaluation_units(
     progress: UnitProgress,
 ) -> None:
     """Score every method computed on one trained network (loaded once, if needed)."""
-    from weaklesion.training import load_run
 
     model = None
     for key in evaluations:
@@ -718,7 +724,6 @@ def run_mnist(
     dict
         The summary written to ``summary.json`` (see :func:`write_mnist_report`).
     """
-    import torch
 
     out = Path(out)
     settings = QUICK if quick else FULL
@@ -1046,7 +1051,6 @@ def write_mnist_report(out: str | os.PathLike) -> dict[str, Any]:
         ``settings``, the numbers of :func:`mnist_tables` and ``figures`` (paths
         relative to ``out``).
     """
-    from weaklesion.report.figures import plot_froc
 
     out = Path(out)
     markdown, numbers = mnist_tables(out)
@@ -1086,6 +1090,5 @@ def _curve(evaluation: dict) -> tuple[list[float], list[float]]:
 
 def read_units_settings(out: str | os.PathLike) -> dict[str, Any] | None:
     """The settings the folder's units were computed with (``settings.json``), if any."""
-    from weaklesion.bench.common import SETTINGS_FILE, read_unit
 
     return read_unit(Path(out) / SETTINGS_FILE)

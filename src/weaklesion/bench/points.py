@@ -61,6 +61,7 @@ files alone and rewritten after every evaluation.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -73,7 +74,6 @@ import cc3d
 import numpy as np
 from rich.console import Console
 from scipy import ndimage
-from scipy.optimize import linear_sum_assignment
 
 from weaklesion.bench.common import (
     UnitProgress,
@@ -88,8 +88,31 @@ from weaklesion.bench.common import (
     unit_path,
     write_text,
 )
+from weaklesion.data import load_dataset, write_phantom_dataset, zscore
+from weaklesion.data.truth import lesion_truth
+from weaklesion.demo import DEMO_CONFIG
+from weaklesion.detection import component_detections, fit_gaussians
+from weaklesion.inference import predict_image
 from weaklesion.io import atomic_write, write_json
+from weaklesion.metrics import (
+    accuracy_by_certainty,
+    detection_scores,
+    expected_calibration_error,
+    f1_from_counts,
+    hits_by_score,
+    match_points,
+    overlap_matches,
+    recall_by_size,
+    reliability_bins,
+    segmentation_scores,
+)
+from weaklesion.report.figures import plot_curve, plot_reliability
 from weaklesion.threads import choose_threads
+from weaklesion.training import load_config, load_run, save_config, train
+from weaklesion.training.data import fit_sigma_voxels
+from weaklesion.training.finetune import finetune
+from weaklesion.tuning import choose_operating_point, detector_sweep, metric_curve
+from weaklesion.uncertainty import lesion_entropy, lesion_uncertainty_from_samples
 
 __all__ = [
     "METHODS",
@@ -147,7 +170,6 @@ MAX_LESIONS = 100  # most lesions fitted per map (the phantom has at most 12)
 FIT_STOP = 0.01  # amplitude at which the Gaussian fitting stops
 CALIBRATION_BINS = 10
 CERTAINTY_FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)
-SEGMENTATION_THRESHOLD = 0.5  # binarisation of the transfer models' maps
 TRANSFER_SCORES = ("segmentation_f1", "detection_f1", "dice")
 
 
@@ -247,7 +269,6 @@ def row_detector(
     >>> row_detector("components_centre", [heatmap])(0.5, 0).round(3)
     array([[4.   , 4.   , 4.375]])
     """
-    from weaklesion.detection import component_detections, fit_gaussians
 
     if detector not in DETECTORS:
         raise ValueError(f"detector: got {detector!r}; expected one of {', '.join(DETECTORS)}")
@@ -316,8 +337,6 @@ def tune_and_test(
     >>> result["threshold"], result["f1"], result["fp"]
     (0.99, 1.0, 0)
     """
-    from weaklesion.metrics import detection_scores, match_points, recall_by_size
-    from weaklesion.tuning import choose_operating_point, detector_sweep, metric_curve
 
     curve = detector_sweep(
         detect_validation, len(validation_truth), validation_truth, match_distance, thresholds
@@ -395,7 +414,6 @@ def existence_calibration(
     >>> result["outcomes"], result["fitted"]["ece"], result["unfitted"]["ece"]
     ([1, 0], 0.0, 0.375)
     """
-    from weaklesion.metrics import expected_calibration_error, hits_by_score, reliability_bins
 
     outcomes, fitted, unfitted = [], [], []
     for found, peak_map, points in zip(fits, peak_maps, truth, strict=True):
@@ -443,7 +461,6 @@ def certainty_curve(
     ...                 [np.array([0.1, 0.9]), np.array([0.2])], [0.5, 1.0])["accuracy"]
     [1.0, 0.6666666666666666]
     """
-    from weaklesion.metrics import accuracy_by_certainty
 
     hits = np.concatenate([np.asarray(c, dtype=bool) for c in correct]) if correct else []
     values = np.concatenate([np.asarray(u, dtype=float) for u in uncertainty]) if correct else []
@@ -452,115 +469,6 @@ def certainty_curve(
         "n_detections": len(hits),
         "fraction": [float(f) for f in fractions] if len(hits) else [],
         "accuracy": curve.accuracy.tolist(),
-    }
-
-
-# ------------------------------------------------------------------- segmentation scores
-
-
-def f1_from_counts(tp: int, fp: int, fn: int) -> float:
-    """F1 from counts of true positives, false positives and false negatives (1 if none).
-
-    Examples
-    --------
-    >>> f1_from_counts(3, 1, 2), f1_from_counts(0, 0, 0)
-    (0.6666666666666666, 1.0)
-    """
-    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
-
-
-def overlap_matches(predicted: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
-    """TP, FP, FN of predicted components against true lesion instances by overlap.
-
-    A predicted component (26-connected) and a true lesion may pair when they share a
-    voxel; among one-to-one pairings the one with the most pairs is taken (Hungarian).
-
-    Parameters
-    ----------
-    predicted : (Z, Y, X) bool array
-        Binary segmentation.
-    truth : (Z, Y, X) int array
-        True lesion instances, 0 for background.
-
-    Returns
-    -------
-    (int, int, int)
-        True positives, false positives (unpaired components) and false negatives
-        (unpaired lesions).
-
-    Examples
-    --------
-    >>> truth = np.zeros((1, 1, 7), int)
-    >>> truth[0, 0, :2], truth[0, 0, 4] = 1, 2
-    >>> overlap_matches(np.array([[[1, 0, 0, 0, 0, 0, 1]]], bool), truth)
-    (1, 1, 1)
-    """
-    labels, n_pred = cc3d.connected_components(predicted, connectivity=26, return_N=True)
-    ids = np.unique(truth[truth > 0])
-    n_true = len(ids)
-    if n_pred == 0 or n_true == 0:
-        return 0, int(n_pred), n_true
-    both = (labels > 0) & (truth > 0)
-    overlap = np.zeros((n_pred, n_true), dtype=bool)
-    overlap[labels[both] - 1, np.searchsorted(ids, truth[both])] = True
-    rows, cols = linear_sum_assignment(overlap, maximize=True)
-    tp = int(overlap[rows, cols].sum())
-    return tp, int(n_pred) - tp, n_true - tp
-
-
-def segmentation_scores(
-    probabilities: Sequence[np.ndarray],
-    instances: Sequence[np.ndarray],
-    points: Sequence[np.ndarray],
-    match_distance: float,
-    threshold: float = SEGMENTATION_THRESHOLD,
-    location: str = "center_of_mass",
-) -> dict[str, Any]:
-    """Segmentation F1 by overlap, detection F1 and Dice of probability maps cut at a threshold.
-
-    Parameters
-    ----------
-    probabilities : sequence of (Z, Y, X) arrays
-        Lesion probability of each case.
-    instances : sequence of (Z, Y, X) int arrays
-        True lesion instances, 0 for background.
-    points : sequence of (T, D) arrays
-        True lesion centres, voxels.
-    match_distance : float
-        Largest distance of a detection match, voxels.
-    threshold : float
-        Voxels strictly above it are lesion.
-    location : {"center_of_mass", "max"}
-        Where a component is detected (see :func:`weaklesion.detection.component_detections`).
-
-    Returns
-    -------
-    dict
-        ``segmentation_f1`` (components matched to lesions by overlap, pooled counts in
-        ``segmentation_tp_fp_fn``), ``detection_f1``, ``detection_precision``,
-        ``detection_recall`` (each component's ``location`` within ``match_distance`` of
-        a true centre) and ``dice`` (pooled over cases).
-    """
-    from weaklesion.detection import component_detections
-    from weaklesion.metrics import detection_scores, match_points
-
-    totals = np.zeros(3, dtype=int)
-    matches, intersection, volume = [], 0.0, 0.0
-    for probability, truth, centres in zip(probabilities, instances, points, strict=True):
-        predicted = probability > threshold
-        totals += overlap_matches(predicted, truth)
-        found = component_detections(probability, threshold, location=location)
-        matches.append(match_points(found.points, centres, match_distance))
-        intersection += np.logical_and(predicted, truth > 0).sum()
-        volume += predicted.sum() + (truth > 0).sum()
-    detection = detection_scores(matches)
-    return {
-        "segmentation_f1": f1_from_counts(*totals),
-        "segmentation_tp_fp_fn": totals.tolist(),
-        "detection_f1": detection.f1,
-        "detection_precision": detection.precision,
-        "detection_recall": detection.recall,
-        "dice": float(2 * intersection / volume) if volume else 1.0,
     }
 
 
@@ -578,7 +486,6 @@ def training_datalist(data: str | os.PathLike) -> Path:
         The datalist ``DATA/training_only.json`` (paths relative to ``DATA``), written
         atomically.
     """
-    from weaklesion.data.dataset import load_dataset
 
     data = Path(data)
     dataset = load_dataset(data)
@@ -640,7 +547,6 @@ class _Experiment:
         return _heatmap_name(self.recipe_sigma) if kind == "heatmap" else kind
 
     def model_config(self, name: str, seed: int):
-        from weaklesion.training import load_config
 
         kind = "heatmap" if name.startswith("heatmap") else name
         changes: dict[str, Any] = {**self.settings.recipe_changes, **MODEL_CHANGES[kind]}
@@ -676,7 +582,6 @@ def _training_record(run_dir: Path, config) -> dict[str, Any]:
 
 def _train_model(run: _Experiment, name: str, seed: int) -> dict[str, Any]:
     """Train (or resume) one model of the table or a transfer source."""
-    from weaklesion.training import train
 
     def compute() -> dict[str, Any]:
         config = run.model_config(name, seed)
@@ -695,8 +600,6 @@ class _Split:
     """Images, truth and sizes of one split of the phantom."""
 
     def __init__(self, data: Path, name: str) -> None:
-        from weaklesion.data import load_dataset, zscore
-        from weaklesion.data.truth import lesion_truth
 
         cases = load_dataset(data).split_cases(name)
         self.names = [case.id for case in cases]
@@ -710,7 +613,6 @@ class _Split:
 
 
 def _predict(model, config, info, split: _Split) -> list[np.ndarray]:
-    from weaklesion.inference import predict_image
 
     return [
         predict_image(
@@ -722,9 +624,6 @@ def _predict(model, config, info, split: _Split) -> list[np.ndarray]:
 
 def _evaluate_model(run: _Experiment, kind: str, seed: int, splits) -> dict[str, Any]:
     """Every result that comes from one model of the table: its rows, and Table 2's part."""
-    from weaklesion.detection import fit_gaussians
-    from weaklesion.training import load_run
-    from weaklesion.training.data import fit_sigma_voxels
 
     name = run.model_name(kind)
     rows = [row for row, (model_kind, _) in ROW_MODELS.items() if model_kind == kind]
@@ -774,8 +673,6 @@ def _heatmap_uncertainty(
     fits, peak_maps, test: _Split, threshold: float, run: _Experiment
 ) -> dict[str, Any]:
     """Table 2's heatmap part: calibration of all fitted lesions, certainty of the kept ones."""
-    from weaklesion.metrics import hits_by_score
-    from weaklesion.uncertainty import lesion_entropy
 
     calibration = existence_calibration(fits, peak_maps, test.points, run.match_distance)
     kept = [found[found.scores >= threshold] for found in fits]
@@ -788,9 +685,6 @@ def _heatmap_uncertainty(
 
 
 def _mc_dropout_certainty(model, test: _Split, threshold: float, run, seed: int) -> dict:
-    from weaklesion.inference import predict_image
-    from weaklesion.metrics import hits_by_score
-    from weaklesion.uncertainty import lesion_uncertainty_from_samples
 
     correct, entropy, information = [], [], []
     for image, points in zip(test.images, test.points, strict=True):
@@ -818,9 +712,6 @@ def _transfer(
     run: _Experiment, source: str, fraction: float, seed: int, datalist, test
 ) -> dict[str, Any]:
     """Train one transfer arm on a fraction of the masks and score its last epoch."""
-    from weaklesion.inference import predict_image
-    from weaklesion.training import load_config, load_run, train
-    from weaklesion.training.finetune import finetune
 
     def compute() -> dict[str, Any]:
         run_dir = run.run_dir("transfer", source, _fraction_name(fraction), f"seed{seed}")
@@ -878,9 +769,6 @@ def _check_methods(methods: Sequence[str] | None) -> list[str]:
 
 def _prepare(out: Path, quick: bool) -> _Experiment:
     """Write (or find) the phantom and the recipe snapshot, and check the settings."""
-    from weaklesion.data import write_phantom_dataset
-    from weaklesion.demo import DEMO_CONFIG
-    from weaklesion.training import load_config, save_config
 
     settings = SETTINGS["quick" if quick else "full"]
     recipe = out / "recipe.toml"
@@ -1052,7 +940,6 @@ def _units(out: Path, prefix: str) -> list[dict[str, Any]]:
 
 
 def _pooled_bins(records: Sequence[Mapping[str, Any]], name: str) -> dict[str, Any]:
-    from weaklesion.metrics import expected_calibration_error, reliability_bins
 
     probabilities = np.concatenate([r[name]["probabilities"] for r in records] or [np.zeros(0)])
     outcomes = np.concatenate([r["outcomes"] for r in records] or [np.zeros(0)])
@@ -1265,7 +1152,6 @@ def write_points_report(out: str | os.PathLike) -> dict[str, Any]:
     dict
         :func:`summarise_points` of ``out``.
     """
-    from weaklesion.report.figures import plot_curve, plot_reliability
 
     out = Path(out)
     summary = summarise_points(out)
@@ -1316,7 +1202,6 @@ def write_points_report(out: str | os.PathLike) -> dict[str, Any]:
 
 
 def _main() -> None:
-    import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="output folder")

@@ -37,7 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, overload
 
+import cc3d
 import numpy as np
+from rich.progress import track
 
 from weaklesion._validation import check_finite
 from weaklesion.io import (
@@ -51,7 +53,8 @@ from weaklesion.io import (
 )
 
 SPLITS = ("training", "validation", "test")
-_CHANNEL_NAME = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+CHANNEL_NAME = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+"""An image file name less its suffix: ``<case>_<4-digit channel>`` (nnU-Net's layout)."""
 
 
 def mask_instances(mask: np.ndarray) -> np.ndarray:
@@ -75,12 +78,42 @@ def mask_instances(mask: np.ndarray) -> np.ndarray:
     >>> mask_instances(np.array([[3, 3, 0, 2]])).tolist()
     [[3, 3, 0, 2]]
     """
-    import cc3d
 
     if mask.max(initial=0) <= 1:
         connectivity = 26 if mask.ndim == 3 else 8
         return cc3d.connected_components(mask > 0, connectivity=connectivity).astype(np.int32)
     return mask.astype(np.int32)
+
+
+def instance_centres(instances: np.ndarray) -> np.ndarray:
+    """Centre of mass of each instance ``1..K`` of a label image, in voxel coordinates.
+
+    Parameters
+    ----------
+    instances : ndarray of ints, shape (Z, Y, X) or (Y, X)
+        0 for background, ``1..K`` for the instances; every id must occur.
+
+    Returns
+    -------
+    ndarray, shape (K, D), float64
+        Row ``k`` is the mean voxel index of instance ``k + 1``.
+
+    Examples
+    --------
+    >>> labels = np.array([[1, 1, 0], [0, 0, 2]])
+    >>> instance_centres(labels)
+    array([[0. , 0.5],
+           [1. , 2. ]])
+    """
+    labels = np.asarray(instances)
+    count = int(labels.max(initial=0))
+    if count == 0:
+        return np.zeros((0, labels.ndim))
+    where = np.nonzero(labels)
+    ids = labels[where]
+    sizes = np.bincount(ids, minlength=count + 1)[1:]
+    sums = [np.bincount(ids, weights=axis, minlength=count + 1)[1:] for axis in where]
+    return np.stack(sums, axis=1) / sizes[:, None]
 
 
 def case_id_problem(case: str) -> str | None:
@@ -362,8 +395,6 @@ def check_dataset(source: str | os.PathLike, progress: bool = False) -> list[str
     channel_totals: dict[str, int | None] = {}
     entries = list(layout.entries.values())
     if progress:
-        from rich.progress import track
-
         entries = track(entries, description="Checking cases")
     for entry in entries:
         found = _check_case_files(entry, layout, problems)
@@ -488,7 +519,7 @@ def _discover_folder(root: Path) -> _Layout:
             stem = _image_stem(path, problems)
             if stem is None:
                 continue
-            match = _CHANNEL_NAME.match(stem)
+            match = CHANNEL_NAME.match(stem)
             if match is None:
                 problems.append(
                     f"{path}: name lacks a channel number; expected CASE_0000{image_suffix(path)}"
@@ -642,7 +673,7 @@ def _datalist_entry(item, where: str, base: Path, problems: list[str]) -> _Entry
     case = item.get("id", item.get("case"))
     if case is None:
         stem = _image_stem_of_name(images[0])
-        match = _CHANNEL_NAME.match(stem)
+        match = CHANNEL_NAME.match(stem)
         case = match["case"] if match else stem
     problem = case_id_problem(str(case))
     if problem is not None:

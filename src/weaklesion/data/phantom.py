@@ -21,8 +21,10 @@ from pathlib import Path
 
 import nibabel
 import numpy as np
+from rich.progress import track
 from scipy import ndimage
 
+from weaklesion.data.dataset import instance_centres
 from weaklesion.io import atomic_write, write_counts_csv, write_image, write_points_csv
 from weaklesion.writing import output_folder
 
@@ -229,8 +231,6 @@ def write_phantom_dataset(
         points, counts = {}, {}
         indices = range(n_cases)
         if progress:
-            from rich.progress import track
-
             indices = track(indices, description="Writing phantom cases")
         for i in indices:
             case = make_phantom_case((seed, i), shape, spacing, n_lesions, channels, background)
@@ -283,37 +283,6 @@ def _split_sizes(splits: Sequence[float], n_cases: int) -> list[int]:
         )
     validation, test = (round(f * n_cases) for f in values[1:])
     return [n_cases - validation - test, validation, test]
-
-
-def instance_centres(instances: np.ndarray) -> np.ndarray:
-    """Centre of mass of each instance ``1..K`` of a label image, in voxel coordinates.
-
-    Parameters
-    ----------
-    instances : ndarray of ints, shape (Z, Y, X) or (Y, X)
-        0 for background, ``1..K`` for the instances; every id must occur.
-
-    Returns
-    -------
-    ndarray, shape (K, D), float64
-        Row ``k`` is the mean voxel index of instance ``k + 1``.
-
-    Examples
-    --------
-    >>> labels = np.array([[1, 1, 0], [0, 0, 2]])
-    >>> instance_centres(labels)
-    array([[0. , 0.5],
-           [1. , 2. ]])
-    """
-    labels = np.asarray(instances)
-    count = int(labels.max(initial=0))
-    if count == 0:
-        return np.zeros((0, labels.ndim))
-    where = np.nonzero(labels)
-    ids = labels[where]
-    sizes = np.bincount(ids, minlength=count + 1)[1:]
-    sums = [np.bincount(ids, weights=axis, minlength=count + 1)[1:] for axis in where]
-    return np.stack(sums, axis=1) / sizes[:, None]
 
 
 def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], sigma) -> np.ndarray:

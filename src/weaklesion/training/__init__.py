@@ -1,6 +1,6 @@
 """Training from weak labels: one loop for points, counts, masks and masks with counts.
 
-- :mod:`~weaklesion.training.config` -- :class:`TrainConfig`, read from TOML with checked
+- :mod:`~weaklesion.config` -- :class:`TrainConfig`, read from TOML with checked
   overrides and written into every run folder;
 - :mod:`~weaklesion.training.data` -- cached cases, targets, patches, augmentation;
 - :mod:`~weaklesion.training.objectives` -- one loss per kind of label, one signature;
@@ -11,8 +11,8 @@
 - :mod:`~weaklesion.training.distributed` -- the same :func:`train` under ``torchrun``.
 """
 
+from weaklesion.config import TrainConfig, load_config, save_config
 from weaklesion.training.checkpoint import load_run
-from weaklesion.training.config import TrainConfig, load_config, save_config
 from weaklesion.training.loop import TrainResult, train
 from weaklesion.training.objectives import objective_for
 

@@ -7,7 +7,8 @@ inference needs (``heatmap_scale``, tuned thresholds, channels, spacing).
 
 A run folder holds ``config.toml``, ``last.pt`` (written after every epoch),
 ``best.pt`` (the epoch with the best validation metric), ``history.jsonl`` and
-``metrics.json``.
+``metrics.json``. Reading a run (a checkpoint, its network, its operating point) is
+:mod:`weaklesion.run`'s, whose names are importable from here too.
 """
 
 from __future__ import annotations
@@ -20,10 +21,25 @@ from typing import Any
 import torch
 from torch import nn
 
+from weaklesion.config import TrainConfig
 from weaklesion.io import atomic_write
-from weaklesion.training.config import TrainConfig, config_from_dict
+from weaklesion.run import (
+    CHECKPOINT_FORMAT,
+    build_model_for,
+    load_checkpoint,
+    load_run,
+    load_state,
+)
 
-CHECKPOINT_FORMAT = 1
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "build_model_for",
+    "load_checkpoint",
+    "load_run",
+    "load_weights",
+    "run_state",
+    "save_checkpoint",
+]
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -46,47 +62,6 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     with atomic_write(path, "wb") as handle:
         torch.save(state, handle)
     return Path(path)
-
-
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint safely (``weights_only=True``), tensors mapped to ``device``."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such checkpoint")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except (PermissionError, IsADirectoryError):
-        raise
-    except Exception as error:  # torch reports a damaged file in many ways
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        if path.stat().st_size == 0:
-            reason = "the file is empty"
-        raise ValueError(
-            f"{path}: cannot be read as a checkpoint ({reason}); expected a file written "
-            "by weaklesion train, intact"
-        ) from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a weaklesion checkpoint (format {CHECKPOINT_FORMAT})")
-    return state
-
-
-def build_model_for(config: TrainConfig, in_channels: int) -> nn.Module:
-    """The network ``config`` describes, for ``in_channels`` input channels and one output.
-
-    ``config.spatial_dims`` must be set (the loop sets it from the data). With a
-    ``config.count_head`` other than ``"poisson_binomial"`` the network carries that
-    count classifier and returns ``(logits, count_logits)``
-    (:func:`weaklesion.models.heads.attach_count_head`).
-    """
-    from weaklesion.models import build_model
-    from weaklesion.models.heads import attach_count_head
-
-    if config.spatial_dims is None:
-        raise ValueError("spatial_dims: got None; expected 2 or 3 (set it or infer it from data)")
-    network = build_model(
-        config.model, config.spatial_dims, in_channels, 1, **dict(config.model_kwargs)
-    )
-    return attach_count_head(network, config.count_head, config.max_count)
 
 
 def load_weights(model: nn.Module, source: str | os.PathLike) -> Path:
@@ -112,7 +87,7 @@ def load_weights(model: nn.Module, source: str | os.PathLike) -> Path:
     path = Path(source)
     if path.is_dir():
         path = path / "best.pt"
-    _load_state(model, load_checkpoint(path)["model"], f"init_from: {path}")
+    load_state(model, load_checkpoint(path)["model"], f"init_from: {path}")
     return path
 
 
@@ -134,60 +109,3 @@ def run_state(
         "info": dict(info),
         "history": list(history),
     }
-
-
-def load_run(
-    run_dir: str | os.PathLike, which: str = "best", device: str | torch.device = "cpu"
-) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
-    """Load a trained model from a run folder, ready for prediction.
-
-    Parameters
-    ----------
-    run_dir : path
-        A folder written by :func:`weaklesion.training.train`.
-    which : {"best", "last"} or path
-        ``best.pt`` (the best validation epoch), ``last.pt``, or a checkpoint file.
-    device : str or torch.device
-        Where to put the model.
-
-    Returns
-    -------
-    model : nn.Module
-        In eval mode, on ``device``.
-    config : TrainConfig
-        The run's configuration (``spatial_dims`` filled in).
-    info : dict
-        Run information: ``"in_channels"``, ``"heatmap_scale"`` (predictions of a
-        heatmap model are divided by it to get mass-1 maps), ``"threshold"`` (the
-        detection threshold tuned on validation data, if any: by ``weaklesion tune``
-        when ``RUN/operating_point.json`` was tuned for this checkpoint, else by the
-        training loop), ``"operating_point"`` (that file's record, when it applies),
-        ``"metric"``, ``"epoch"``, ``"channels"``, ``"spacing"``, ``"kind"``.
-    """
-    run_dir = Path(run_dir)
-    path = run_dir / f"{which}.pt" if which in ("best", "last") else Path(which)
-    state = load_checkpoint(path, device)
-    config = config_from_dict(state["config"])
-    info = dict(state["info"], epoch=state["epoch"])
-    from weaklesion.tuning import read_operating_point
-
-    tuned = read_operating_point(run_dir, path)
-    if tuned is not None:
-        info["operating_point"] = tuned
-        if tuned["parameter"] == "threshold":
-            info["threshold"] = float(tuned["value"])
-    model = build_model_for(config, int(info["in_channels"]))
-    _load_state(model, state["model"], str(path))
-    return model.to(device).eval(), config, info
-
-
-def _load_state(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
-    """``model.load_state_dict(weights)``, with a one-line error naming ``source``."""
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as error:
-        reason = str(error).strip().splitlines()[-1].strip()
-        raise ValueError(
-            f"{source}: holds the weights of another network ({reason}); expected the "
-            "same model and model_kwargs"
-        ) from None

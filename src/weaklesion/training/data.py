@@ -18,9 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from weaklesion.data.dataset import mask_instances
+from weaklesion import targets
+from weaklesion.config import TrainConfig
+from weaklesion.data.dataset import check_dataset, load_dataset, mask_instances
+from weaklesion.data.normalize import zscore
+from weaklesion.io import affine_spacing
 from weaklesion.scoring import settings_for_config
-from weaklesion.training.config import TrainConfig
 
 # Independent random streams derived from the run's seed.
 ORDER_STREAM, SAMPLE_STREAM, DROPOUT_STREAM, SPLIT_STREAM = 0, 1, 2, 3
@@ -73,8 +76,6 @@ class TrainingCase:
 
 
 def _training_case(case, config: TrainConfig) -> TrainingCase:
-    from weaklesion.data.normalize import zscore
-    from weaklesion.io import affine_spacing
 
     arrays = case.load()
     instances = None if arrays.mask is None else mask_instances(arrays.mask)
@@ -136,7 +137,6 @@ def load_training_cases(
         Listing every problem :func:`weaklesion.data.check_dataset` finds; or when no
         case has the labels needed, or cases differ in dimensionality or channels.
     """
-    from weaklesion.data.dataset import check_dataset, load_dataset
 
     problems = check_dataset(root)
     if problems:
@@ -323,7 +323,6 @@ def dense_target(case: TrainingCase, config: TrainConfig, scale: float) -> np.nd
     normalised image, weighted ``config.geodesic_weight``); segmentation targets are the
     binary lesion masks.
     """
-    from weaklesion import targets
 
     shape = case.image.shape[1:]
     if config.target == "count":
@@ -389,6 +388,11 @@ def augment(
     -------
     dict of str to tensors
         Augmented copies, same shapes.
+
+    Notes
+    -----
+    MONAI is imported here, not at the top: it takes seconds to import and only the
+    augmentation needs it.
     """
     from monai.transforms import Affine
     from monai.utils import convert_to_tensor

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from weaklesion.config import config_from_dict, load_config
 from weaklesion.training.checkpoint import load_checkpoint
-from weaklesion.training.config import config_from_dict, load_config
 from weaklesion.training.loop import TrainResult, train
 
 PARTS = ("all", "decoder")

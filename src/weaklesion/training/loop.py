@@ -60,12 +60,16 @@ from typing import Any, TextIO
 
 import numpy as np
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
-from weaklesion.data.phantom import instance_centres
-from weaklesion.inference import predict_image
-from weaklesion.io import atomic_write, write_json
+from weaklesion.config import TrainConfig, config_from_dict, save_config
+from weaklesion.data.dataset import instance_centres
+from weaklesion.inference import predict_image, predicted_count_distribution
+from weaklesion.io import atomic_write, json_ready, write_json
+from weaklesion.metrics import count_accuracy, count_mae
 from weaklesion.models import freeze_encoder
+from weaklesion.run import device_for
 from weaklesion.scoring import (
     DEFAULT_THRESHOLDS,
     choose_operating_point,
@@ -73,7 +77,7 @@ from weaklesion.scoring import (
     settings_for_config,
 )
 from weaklesion.threads import apply_thread_policy
-from weaklesion.training import distributed
+from weaklesion.training import parallel
 from weaklesion.training.checkpoint import (
     build_model_for,
     load_checkpoint,
@@ -81,7 +85,6 @@ from weaklesion.training.checkpoint import (
     run_state,
     save_checkpoint,
 )
-from weaklesion.training.config import TrainConfig, config_from_dict, save_config
 from weaklesion.training.data import (
     DROPOUT_STREAM,
     LesionDataset,
@@ -189,8 +192,6 @@ def validate(
         accuracy = ((logits > 0) == (present > 0)).double().mean()
         return {"presence_nll": nll.item(), "presence_accuracy": accuracy.item()}
     if config.target == "count":
-        from weaklesion.metrics import count_accuracy, count_mae
-
         # An untrained network can predict negative counts; none is the nearest count.
         predicted = [max(p.count, 0.0) for p in predictions]
         truth = [case.count for case in cases]
@@ -238,7 +239,6 @@ def _pooled_dice(predictions, cases: Sequence[TrainingCase]) -> float:
 
 
 def _count_distribution_metrics(predictions, cases, config: TrainConfig) -> dict[str, float]:
-    from weaklesion.inference import predicted_count_distribution
 
     nll, correct = [], []
     for prediction, case in zip(predictions, cases, strict=True):
@@ -262,27 +262,16 @@ def _is_better(value: float, best: float | None, mode: str) -> bool:
     return value > best if mode == "max" else value < best
 
 
-def _json_ready(value: Any) -> Any:
-    """``value`` with NaN and infinities as None, which JSON can hold."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _json_ready(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(item) for item in value]
-    return value
-
-
 def _write_history(run_dir: Path, history: Sequence[dict[str, Any]]) -> None:
     """Write ``history.jsonl`` and the same records as ``history.csv`` (one column per key)."""
     with atomic_write(run_dir / "history.jsonl", "w", encoding="utf-8") as handle:
         for record in history:
-            handle.write(json.dumps(_json_ready(record)) + "\n")
+            handle.write(json.dumps(json_ready(record)) + "\n")
     columns = list(dict.fromkeys(key for record in history for key in record))
     with atomic_write(run_dir / "history.csv", "w", encoding="utf-8", newline="") as handle:
         writer = csv.DictWriter(handle, columns, restval="", lineterminator="\n")
         writer.writeheader()
-        writer.writerows(_json_ready(record) for record in history)
+        writer.writerows(json_ready(record) for record in history)
 
 
 def epoch_line(record: dict[str, Any], epochs: int, metric: str) -> str:
@@ -374,13 +363,6 @@ def _check_resumable(stored: TrainConfig, config: TrainConfig, path: Path) -> No
 
 
 def _progress(enabled: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
 
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -455,7 +437,7 @@ def train(
     """
     run_dir = Path(run_dir)
     apply_thread_policy(config.num_threads)
-    device = distributed.device_for(config.device)
+    device = device_for(config.device)
     train_cases, val_cases, data_info = load_training_cases(data_root, config)
     config = dataclasses.replace(config, spatial_dims=data_info["spatial_dims"])
     if config.patch_size is not None and len(config.patch_size) != config.spatial_dims:
@@ -519,8 +501,8 @@ def train(
     stop = min(config.epochs, max_epochs) if max_epochs is not None else config.epochs
 
     completed = start
-    with distributed.process_group(device) as (rank, world_size):
-        model = distributed.wrap(network, device)
+    with parallel.process_group(device) as (rank, world_size):
+        model = parallel.wrap(network, device)
         try:
             writer = rank == 0
             if writer and state is None:
@@ -574,7 +556,7 @@ def train(
                     if on_epoch_end is not None:
                         on_epoch_end(epoch + 1, record)
         finally:
-            del model  # before the group goes (see distributed.process_group)
+            del model  # before the group goes (see parallel.process_group)
     return TrainResult(
         run_dir=run_dir,
         epochs_completed=completed,
@@ -649,7 +631,7 @@ def _stops_early(
     if writer and history and history[-1]["epoch"] >= config.min_epochs:
         stale = stale_validations(history, info["metric"], int(info.get("best_epoch") or 0))
         stop = stale >= config.patience
-    return distributed.sum_over_processes({"stop": float(stop)}, device)["stop"] > 0
+    return parallel.sum_over_processes({"stop": float(stop)}, device)["stop"] > 0
 
 
 def _summary(record: dict[str, Any], metric: str) -> str:
@@ -673,7 +655,7 @@ def _train_epoch(
 
     With ``average``, the weight average is updated after every optimiser step.
     """
-    rank, world_size, _ = distributed.world()
+    rank, world_size, _ = parallel.world()
     dataset.set_epoch(epoch)
     torch.manual_seed(stream_seed(config.seed, DROPOUT_STREAM, epoch, rank))
     model.train()
@@ -700,7 +682,7 @@ def _train_epoch(
         samples += len(indices)
         elapsed = time.perf_counter() - started
         bar.update(task, advance=1, loss=logs["loss"], speed=samples * world_size / elapsed)
-    totals = distributed.sum_over_processes({**totals, "samples": samples}, device)
+    totals = parallel.sum_over_processes({**totals, "samples": samples}, device)
     count = max(totals.pop("samples"), 1)
     seconds = time.perf_counter() - started
     record = {"epoch": epoch + 1, **{k: v / count for k, v in totals.items()}}
@@ -753,7 +735,7 @@ def _end_epoch(
     _write_history(run_dir, history)
     write_json(
         run_dir / "metrics.json",
-        _json_ready(
+        json_ready(
             {
                 "epochs_completed": epoch + 1,
                 "metric": metric,

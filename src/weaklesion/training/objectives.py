@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from weaklesion.training.config import TrainConfig
+from weaklesion.config import TrainConfig
+from weaklesion.counting import CountLoss
 
 Batch = dict[str, torch.Tensor]
 Objective = Callable[[nn.Module, Batch, int], tuple[torch.Tensor, dict[str, float]]]
@@ -181,7 +182,6 @@ def _presence_classification(config: TrainConfig) -> Objective:
 
 
 def _segmentation_with_count(config: TrainConfig) -> Objective:
-    from weaklesion.counting import CountLoss
 
     if config.spatial_dims is None:
         raise ValueError("spatial_dims: got None; expected 2 or 3 for the count loss")
