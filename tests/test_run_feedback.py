@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from weaklesion.training.config import CHOICES
 
 from weaklesion.cli import app
+from weaklesion.config import CHOICES
 from weaklesion.data import write_phantom_dataset
 from weaklesion.training.choices import DESCRIPTIONS, registered_choices
 

@@ -1,15 +1,15 @@
 """The named choices of a training configuration, described for ``weaklesion train --help``.
 
 The names come from the registries that training checks against
-(:data:`~weaklesion.training.config.CHOICES` and :data:`~weaklesion.models.MODEL_NAMES`),
+(:data:`~weaklesion.config.CHOICES` and :data:`~weaklesion.models.MODEL_NAMES`),
 so a network, target or count head added there is listed with the ``--set`` key that
 picks it.
 """
 
 from __future__ import annotations
 
+from weaklesion.config import CHOICES
 from weaklesion.models import MODEL_NAMES
-from weaklesion.training.config import CHOICES
 
 DESCRIPTIONS: dict[str, dict[str, str]] = {
     "labels": {
