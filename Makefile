@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 
-.PHONY: install browser demo test lint format bench clean
+.PHONY: install browser demo test test-fast lint format bench clean
 
 install: $(STAMP)
 
@@ -30,6 +30,12 @@ test: $(STAMP) browser
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest src tests
+
+# The same without the tests marked slow (training, end-to-end commands): seconds, not minutes.
+test-fast: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/python -m pytest src tests -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -78,6 +78,7 @@ def models(trained):
     return {"poisson_binomial": model.network, "head": model}
 
 
+@pytest.mark.slow
 def test_the_trained_network_counts_well_before_the_attack(trained):
     model, images, counts = trained
     with torch.no_grad():
@@ -88,6 +89,7 @@ def test_the_trained_network_counts_well_before_the_attack(trained):
     assert np.mean(count_logits.argmax(-1).numpy() == np.array(counts)) >= 0.6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["poisson_binomial", "head"])
 def test_attack_changes_the_count_far_more_than_random_noise_of_the_same_norm(trained, which):
     model = models(trained)[which]
@@ -102,6 +104,7 @@ def test_attack_changes_the_count_far_more_than_random_noise_of_the_same_norm(tr
     assert summary["accuracy_drop"] > summary["random_accuracy_drop"]
 
 
+@pytest.mark.slow
 def test_success_rate_summarises_the_single_attacks(trained):
     model, images, counts = trained
     options = {"steps": 3, "step_size": 0.05, "l2_weight": 0.5}
@@ -122,6 +125,7 @@ def test_success_rate_summarises_the_single_attacks(trained):
     assert summary["mean_noise_norm"] == pytest.approx(np.mean([a.noise_norm for a in attacks]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["poisson_binomial", "head"])
 def test_l2_penalty_reduces_the_segmentation_change(trained, which):
     model = models(trained)[which]
@@ -134,6 +138,7 @@ def test_l2_penalty_reduces_the_segmentation_change(trained, which):
     assert np.mean(penalised) < 0.7 * np.mean(free)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["poisson_binomial", "head"])
 def test_attack_towards_a_count_raises_its_probability(trained, which):
     model = models(trained)[which]
@@ -145,6 +150,7 @@ def test_attack_towards_a_count_raises_its_probability(trained, which):
     assert result.pmf_after[goal] > result.pmf_before[goal] + 0.05
 
 
+@pytest.mark.slow
 def test_attack_respects_its_bound_and_leaves_the_model_unchanged(trained):
     model, images, _ = trained
     model.train()
@@ -162,6 +168,7 @@ def test_attack_respects_its_bound_and_leaves_the_model_unchanged(trained):
     assert result.noise_norm == pytest.approx(float(np.linalg.norm(result.noise)), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_zero_noise_changes_nothing(trained):
     model, images, _ = trained
     for network in (model, model.network):
@@ -173,6 +180,7 @@ def test_zero_noise_changes_nothing(trained):
         assert result.pmf_before.shape == (MAX_COUNT + 1,)
 
 
+@pytest.mark.slow
 def test_count_log_pmf_is_the_head_softmax_or_the_poisson_binomial_pmf(trained):
     model, images, _ = trained
     with torch.no_grad():

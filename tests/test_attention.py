@@ -475,6 +475,7 @@ def trained(request, tmp_path_factory):
     return data, run, signed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_predict_writes_each_attention_map_and_detect_keeps_round_count_peaks(
     trained, tmp_path, method
@@ -511,6 +512,7 @@ def test_predict_writes_each_attention_map_and_detect_keeps_round_count_peaks(
         assert kept == min(wanted, len(detect_by_count(values, 1e9, size=3)))
 
 
+@pytest.mark.slow
 def test_detect_refuses_a_count_file_without_the_case(trained, tmp_path):
     _, _, signed = trained
     files = sorted(signed.glob("*_count.*"))

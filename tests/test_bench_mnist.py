@@ -109,6 +109,7 @@ def brute_force_scores(maps, cells, counts, nms_size, max_fp):
     )
 
 
+@pytest.mark.slow
 def test_scores_equal_a_brute_force_count_over_the_kept_maxima():
     rng = np.random.default_rng(4)
     is_target = rng.random((12, 3, 4)) < 0.3
@@ -206,6 +207,7 @@ def write_evaluation(out, digit, method, objective, fauc, seed=0, at_count=None)
     common.write_json(common.unit_path(out, "eval", name), result)
 
 
+@pytest.mark.slow
 def test_tables_and_numbers_come_from_the_unit_files(tmp_path):
     regression = {d: 0.90 + 0.005 * d for d in range(10)}
     for digit in range(10):

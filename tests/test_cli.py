@@ -58,6 +58,7 @@ def test_check_accepts_the_phantom(phantom):
     assert "no problems" in result.output
 
 
+@pytest.mark.slow
 def test_points_heatmap_model_then_predict_detect_evaluate(phantom, tmp_path):
     run = train(phantom, tmp_path / "run", "points", "epochs=3", "sigma=1.5", TINY_UNET)
     maps = tmp_path / "maps"
@@ -84,6 +85,7 @@ def test_points_heatmap_model_then_predict_detect_evaluate(phantom, tmp_path):
     assert metrics["detection"]["n_cases"] == len(found)
 
 
+@pytest.mark.slow
 def test_counts_gpunet_count_correlates_with_truth_on_held_out_cases(tmp_path):
     data = tmp_path / "counts"
     result = invoke(
@@ -110,6 +112,7 @@ def test_counts_gpunet_count_correlates_with_truth_on_held_out_cases(tmp_path):
     assert len(attention) == 40
 
 
+@pytest.mark.slow
 def test_masks_segmentation_then_count(phantom, tmp_path):
     run = train(phantom, tmp_path / "run", "masks", "epochs=2", TINY_UNET)
     maps = tmp_path / "maps"
@@ -125,6 +128,7 @@ def test_masks_segmentation_then_count(phantom, tmp_path):
         assert abs(sum(pmf) - 1.0) < 1e-9
 
 
+@pytest.mark.slow
 def test_masks_and_counts_multitask(phantom, tmp_path):
     run = train(
         phantom,
@@ -237,6 +241,7 @@ def test_check_reports_every_problem_and_fails(phantom, tmp_path):
     assert "ghost" in result.output
 
 
+@pytest.mark.slow
 def test_real_process_prints_no_traceback(tmp_path):
     process = subprocess.run(
         [sys.executable, "-m", "weaklesion.cli", "count", str(tmp_path / "nope.npy")],

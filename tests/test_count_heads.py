@@ -241,6 +241,7 @@ def datasets(tmp_path_factory):
     return {2: _blobs_2d(tmp_path_factory.mktemp("cli2d") / "blobs"), 3: phantom}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 @pytest.mark.parametrize("count_head", COUNT_HEADS)
 def test_each_count_model_trains_and_predicts_from_the_command_line(

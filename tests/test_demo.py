@@ -6,6 +6,7 @@ import io
 import json
 
 import numpy as np
+import pytest
 from rich.console import Console
 
 from weaklesion.demo import (
@@ -35,6 +36,7 @@ def test_poisson_binomial_interval_covers_the_true_count():
     assert results["Poisson-binomial"]["coverage"] >= 0.85
 
 
+@pytest.mark.slow
 def test_end_to_end_demo_writes_a_complete_report(tmp_path):
     # A console on a file, as `make demo > log 2>&1` gives: one plain line per epoch.
     log = io.StringIO()

@@ -111,6 +111,7 @@ def test_two_processes_keep_identical_replicas(phantom, tmp_path):
     assert not any(name.startswith(".") for name in os.listdir(run_dir))
 
 
+@pytest.mark.slow
 def test_entry_point_trains_in_one_process(phantom, tmp_path):
     assert world() == (0, 1, 0)
     assert main(["-", str(phantom), str(tmp_path), "--no-progress", *_as_set(OVERRIDES)]) == 0

@@ -103,6 +103,7 @@ def tuned_threshold(run) -> float:
 # ----------------------------------------------------------------- baselines, 3D and 2D
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["euclidean", "geodesic"])
 def test_distance_map_baselines_detect_components_at_the_tuned_threshold(phantom, tmp_path, target):
     run = train(phantom, tmp_path / target, "points", f"target={target}")
@@ -112,6 +113,7 @@ def test_distance_map_baselines_detect_components_at_the_tuned_threshold(phantom
     assert kind == target and len(files) == 8
 
 
+@pytest.mark.slow
 def test_heatmap_and_segmentation_baselines_detect_components(phantom, heatmap_run, tmp_path):
     scale = json.loads((heatmap_run / "metrics.json").read_text())["heatmap_scale"]
     # Half the peak of an isolated mass-1 Gaussian: 0.5 on the network's peak-1 scale.
@@ -123,6 +125,7 @@ def test_heatmap_and_segmentation_baselines_detect_components(phantom, heatmap_r
     assert all(0 <= read_image(f)[0].min() and read_image(f)[0].max() <= 1 for f in files)
 
 
+@pytest.mark.slow
 def test_finetune_through_the_cli_uses_one_percent_of_the_masks(phantom, heatmap_run, tmp_path):
     run = tmp_path / "transfer"
     output = invoke(
@@ -148,6 +151,7 @@ def test_finetune_through_the_cli_uses_one_percent_of_the_masks(phantom, heatmap
     assert kind == "segmentation"
 
 
+@pytest.mark.slow
 def test_plane_dataset_baselines_and_decoder_only_finetune(plane_dataset, tmp_path):
     euclidean = train(plane_dataset, tmp_path / "euclidean", "points", "target=euclidean")
     kind, files = predict_and_detect(plane_dataset, euclidean, tmp_path, tuned_threshold(euclidean))
@@ -183,6 +187,7 @@ def test_plane_dataset_baselines_and_decoder_only_finetune(plane_dataset, tmp_pa
 # ------------------------------------------------------------------------ fine-tuning
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("part", ["all", "decoder"])
 def test_finetune_starts_from_the_source_weights_exactly(phantom, heatmap_run, tmp_path, part):
     result = finetune(
@@ -195,6 +200,7 @@ def test_finetune_starts_from_the_source_weights_exactly(phantom, heatmap_run, t
         assert torch.equal(start[name], value), name
 
 
+@pytest.mark.slow
 def test_decoder_only_training_leaves_the_encoder_bitwise_unchanged(phantom, heatmap_run, tmp_path):
     result = finetune(
         heatmap_run,
@@ -214,6 +220,7 @@ def test_decoder_only_training_leaves_the_encoder_bitwise_unchanged(phantom, hea
     assert sum(not torch.equal(source[name], trained[name]) for name in others) == len(others)
 
 
+@pytest.mark.slow
 def test_whole_network_finetuning_changes_the_encoder_too(phantom, heatmap_run, tmp_path):
     result = finetune(heatmap_run, phantom, tmp_path / "run", part="all", epochs=1, progress=False)
     source = load_run(heatmap_run)[0].state_dict()
@@ -254,6 +261,7 @@ def test_labelled_subset_is_a_seeded_draw_of_the_rounded_size():
     assert hits.min() > 15 and hits.max() < 65  # 40 expected each
 
 
+@pytest.mark.slow
 def test_finetune_refuses_bad_input_in_one_line(phantom, heatmap_run, tmp_path):
     with pytest.raises(ValueError, match=r"^mask_fraction: got 0"):
         finetune(heatmap_run, phantom, tmp_path / "a", mask_fraction=0)

@@ -209,6 +209,7 @@ def test_instance_norm_unet_treats_each_sample_alone(spatial_dims):
     assert not torch.allclose(together, alone, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_tiny_unet_overfits_a_blob_heatmap():
     grid = np.stack(np.meshgrid(*(np.arange(20),) * 3, indexing="ij"), axis=-1)
     centre = np.array([9.3, 8.6, 11.2])

@@ -411,6 +411,7 @@ def _check_run(run_dir, result, epochs):
     assert load_checkpoint(run_dir / "best.pt")["epoch"] == result.best_epoch
 
 
+@pytest.mark.slow
 def test_train_points_heatmap(phantom, trained):
     run_dir, result = trained("points")
     losses = [record["loss"] for record in result.history]
@@ -429,6 +430,7 @@ def test_train_points_heatmap(phantom, trained):
     assert prediction.count == pytest.approx(float(prediction.map.sum()), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_train_counts_gpunet(phantom, trained):
     run_dir, result = trained("counts")
     losses = [record["loss"] for record in result.history]
@@ -445,6 +447,7 @@ def test_train_counts_gpunet(phantom, trained):
     assert prediction.map.mean() == pytest.approx(count, rel=1e-4, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_train_masks_segmentation(phantom, trained):
     run_dir, result = trained("masks")
     losses = [record["loss"] for record in result.history]
@@ -457,6 +460,7 @@ def test_train_masks_segmentation(phantom, trained):
     assert 0 <= prediction.map.min() and prediction.map.max() <= 1
 
 
+@pytest.mark.slow
 def test_train_masks_with_counts(trained):
     run_dir, result = trained("masks+counts")
     segmentation = [record["segmentation"] for record in result.history]
@@ -468,6 +472,7 @@ def test_train_masks_with_counts(trained):
     assert "val_dice" in result.history[-1] and "val_count_accuracy" in result.history[-1]
 
 
+@pytest.mark.slow
 def test_resume_gives_bitwise_the_same_weights(phantom, trained, tmp_path):
     straight_dir, _ = trained("masks")  # 4 epochs in one go, with augmentation and dropout
     config = tiny_config("masks")
@@ -496,6 +501,7 @@ def test_resume_gives_bitwise_the_same_weights(phantom, trained, tmp_path):
     assert [r["loss"] for r in straight["history"]] == [r["loss"] for r in resumed["history"]]
 
 
+@pytest.mark.slow
 def test_validation_every_k_epochs_with_a_schedule(phantom, tmp_path):
     config = tiny_config("points", epochs=5, val_every=2, lr_schedule="onecycle")
     result = train(config, phantom, tmp_path, progress=False)
@@ -519,6 +525,7 @@ def test_validation_every_k_epochs_with_a_schedule(phantom, tmp_path):
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("val_every", [1, 2])
 def test_patience_stops_after_stale_validations_and_keeps_the_best_epoch(
     phantom, tmp_path, monkeypatch, val_every
@@ -550,6 +557,7 @@ def test_patience_stops_after_stale_validations_and_keeps_the_best_epoch(
     assert len(resumed.history) == len(result.history)
 
 
+@pytest.mark.slow
 def test_min_epochs_holds_patience_back(phantom, tmp_path, monkeypatch):
     planted = iter([0.9, 0.1, 0.2, 0.3, 0.4, 0.5])
     monkeypatch.setattr(loop, "validate", lambda *args: {"f1": next(planted), "threshold": 0.5})
@@ -558,6 +566,7 @@ def test_min_epochs_holds_patience_back(phantom, tmp_path, monkeypatch):
     assert result.epochs_completed == 4 and result.best_epoch == 1
 
 
+@pytest.mark.slow
 def test_new_run_refuses_a_folder_with_a_run(phantom, trained):
     run_dir, _ = trained("masks")
     before = (run_dir / "last.pt").read_bytes()
@@ -581,6 +590,7 @@ def test_dataset_with_problems_is_refused_before_any_work(phantom, tmp_path):
 # --------------------------------------------------------------------------- checkpoints
 
 
+@pytest.mark.slow
 def test_checkpoints_load_with_weights_only(trained):
     run_dir, result = trained("points")
     for name, epoch in (("last.pt", 4), ("best.pt", result.best_epoch)):
@@ -626,6 +636,7 @@ def _weights(state):
     return {k: v.double() for k, v in state.items()}
 
 
+@pytest.mark.slow
 def test_weight_average_of_a_run_against_its_trained_weights(phantom, tmp_path):
     # One step per epoch (6 training cases, batch 6): the average after epoch t must be
     # the recursion over the plain run's weights after each epoch, from the initial ones.

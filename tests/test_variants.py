@@ -220,6 +220,7 @@ def _blob_images(counts, size=16, seed=0):
     return torch.from_numpy(images)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["regression", "classification"])
 def test_both_count_objectives_train_a_variant(objective):
     counts = torch.tensor([0, 1, 2, 3, 0, 2, 1, 3], dtype=torch.float32)
@@ -298,6 +299,7 @@ def datasets(tmp_path_factory):
     return {2: root / "2d", 3: root / "3d"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 @pytest.mark.parametrize("name", COUNT_MODELS)
 def test_each_network_trains_and_predicts_through_the_command_line(
@@ -323,6 +325,7 @@ def test_each_network_trains_and_predicts_through_the_command_line(
         assert values.mean() == pytest.approx(summary["cases"][case]["count"], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_classification_is_selected_from_the_command_line(datasets, tmp_path):
     run = tmp_path / "run"
     invoke(
