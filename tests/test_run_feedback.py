@@ -12,7 +12,6 @@ from importlib.metadata import version
 
 import pytest
 from typer.testing import CliRunner
-from weaklesion.training.config import CHOICES
 
 from weaklesion.cli import app
 from weaklesion.config import CHOICES
