@@ -12,6 +12,7 @@ PACKAGE = Path(__file__).parents[1] / "src" / "weaklesion"
 CORE = (
     "weaklesion._validation",
     "weaklesion.io",
+    "weaklesion.writing",
     "weaklesion.targets",
     "weaklesion.counting",
     "weaklesion.detection",
