@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -102,6 +103,16 @@ def test_stale_temporaries_of_dead_processes_are_swept_on_the_next_write(tmp_pat
         handle.write(b"checkpoint")
     assert not stale.exists()
     assert alive.exists() and other_host.exists() and unrelated.exists()
+
+
+def test_an_hour_old_temporary_of_an_earlier_version_is_swept(tmp_path):
+    old = tmp_path / ".last.pt.k2j4_x9q"  # tempfile.mkstemp's name, no process named
+    old.write_bytes(b"half a checkpoint")
+    os.utime(old, (0, time.time() - 7200))
+    recent = tmp_path / ".last.pt.a8b7c6d5"
+    recent.write_bytes(b"perhaps being written")
+    assert sweep_temporaries(tmp_path / "last.pt") == [old]
+    assert not old.exists() and recent.exists()
 
 
 def test_a_folder_interrupted_while_being_replaced_is_restored(tmp_path):

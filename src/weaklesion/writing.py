@@ -32,6 +32,7 @@ import secrets
 import shutil
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -40,6 +41,10 @@ _HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 _TEMPORARY = re.compile(
     r"^\.(?P<name>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]+\.(part|old)$"
 )
+# Temporary files of earlier versions (tempfile.mkstemp: ".NAME." and 8 characters),
+# which name no process: swept once they are older than any write takes.
+_LEGACY_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}$")
+_LEGACY_AGE_S = 3600.0
 _DEFERRED = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -114,7 +119,9 @@ def sweep_temporaries(target: str | os.PathLike) -> list[Path]:
 
     A folder that was being replaced when its process died (``.old``) is moved back to
     ``target`` if ``target`` is missing, else removed. Temporaries of running processes,
-    and of other hosts sharing the folder, are left alone.
+    and of other hosts sharing the folder, are left alone. Temporary files of earlier
+    versions of the package (``.<target name>.XXXXXXXX``), which name no process, are
+    removed once they are an hour old.
 
     Returns
     -------
@@ -129,9 +136,15 @@ def sweep_temporaries(target: str | os.PathLike) -> list[Path]:
     swept = []
     for entry in entries:
         match = _TEMPORARY.match(entry.name)
-        if not match or match["name"] != target.name or match["host"] != _HOST:
+        if match is None:
+            legacy = _LEGACY_TEMPORARY.match(entry.name)
+            if legacy is None or legacy["name"] != target.name or not entry.is_file():
+                continue
+            if time.time() - entry.stat().st_mtime < _LEGACY_AGE_S:
+                continue
+        elif match["name"] != target.name or match["host"] != _HOST:
             continue
-        if _process_runs(int(match["pid"])):
+        elif _process_runs(int(match["pid"])):
             continue
         path = Path(entry.path)
         with _signals_deferred():
