@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,3 +42,14 @@ def phantom_dataset(tmp_path_factory) -> Callable[..., Path]:
 def seeded():
     """torch's global generator seeded with 0 (initialisation, dropout)."""
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def interruptible() -> Callable[[], None]:
+    """A ``preexec_fn`` that gives a child process the default SIGINT action.
+
+    A test run started in the background by a non-interactive shell (``cmd &``) starts
+    with SIGINT ignored, and its children inherit that; Python then raises no
+    KeyboardInterrupt, so a test that interrupts a child would see it run on.
+    """
+    return lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)

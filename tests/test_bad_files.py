@@ -339,7 +339,9 @@ def weaklesion_command(*args) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
-def test_an_interrupted_command_says_so_in_one_line_and_leaves_nothing(tmp_path, number):
+def test_an_interrupted_command_says_so_in_one_line_and_leaves_nothing(
+    tmp_path, number, interruptible
+):
     out = tmp_path / "data"
     process = subprocess.Popen(
         weaklesion_command("synth", "phantom", "--out", out, "--cases", 40, "--shape", "16,32,32"),
@@ -347,6 +349,7 @@ def test_an_interrupted_command_says_so_in_one_line_and_leaves_nothing(tmp_path,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
+        preexec_fn=interruptible,
     )
     deadline = time.monotonic() + 120
     while not hidden(tmp_path) and time.monotonic() < deadline:  # writing has begun

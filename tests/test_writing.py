@@ -186,10 +186,13 @@ SIGNALLED = textwrap.dedent(
 
 
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
-def test_sigint_and_sigterm_remove_the_temporary(tmp_path, number):
+def test_sigint_and_sigterm_remove_the_temporary(tmp_path, number, interruptible):
     target = tmp_path / "out.txt"
     process = subprocess.Popen(
-        [sys.executable, "-c", SIGNALLED, str(target)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", SIGNALLED, str(target)],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=interruptible,
     )
     assert process.stdout.readline().strip() == "ready"
     assert len(hidden(tmp_path)) == 1
