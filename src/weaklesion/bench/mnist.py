@@ -821,26 +821,8 @@ def _at_count_cell(evaluations: list[dict], method: str, digits, field: str, sca
     return format_mean(values, scale=scale, digits=2 if scale == 1 else 1)
 
 
-def mnist_tables(out: str | os.PathLike) -> tuple[str, dict[str, Any]]:
-    """The markdown tables of experiment 1 and their numbers, from the finished units.
-
-    Returns
-    -------
-    markdown : str
-        Table 1 (GP-Unet on every digit), table 2 (every method on the digits the
-        comparison ran on), regression against classification, and training.
-    numbers : dict
-        ``average_fauc`` per method and objective (%, over digits, and which digits),
-        ``regression_vs_classification`` per method, ``training`` per model and
-        objective, ``units`` (numbers finished).
-    """
-    units = read_units(out)
-    evaluations = [u for u in units if u.get("kind") == "evaluation"]
-    trainings = [u for u in units if u.get("kind") == "training"]
-    sections, numbers = [], {"average_fauc": {}, "regression_vs_classification": {}}
-    digits = sorted({e["digit"] for e in evaluations})
-
-    # Table 1: GP-Unet on every digit.
+def _gpunet_table(evaluations: list[dict[str, Any]], digits: list[int]) -> str:
+    """Table 1: GP-Unet's FAUC on every digit, by rank and by threshold, with random maxima."""
     columns = [
         (m, o, f)
         for m, o in [*(("gpunet", o) for o in OBJECTIVES), ("random", None)]
@@ -867,71 +849,73 @@ def mnist_tables(out: str | os.PathLike) -> tuple[str, dict[str, Any]]:
     header = ["digit"] + [
         f"{'random maxima' if m == 'random' else o}, {FAUCS[f]}" for m, o, f in columns
     ]
-    sections.append(
+    return (
         "Table 1. GP-Unet, FAUC (%) per target digit with its 95 % bootstrap interval over "
         "test images (mean ± std over seeds when there are several), for the FROC by rank "
         "(the n highest maxima of every image) and by a common threshold across images.\n\n"
         + markdown_table(header, rows)
     )
 
-    # Table 2: every method on the digits where more than GP-Unet ran.
-    compared = sorted({e["digit"] for e in evaluations if e["method"] not in ("gpunet", "random")})
-    if compared:
-        header = [
-            "method",
-            "objective",
-            *(f"FAUC digit {d}" for d in compared),
-            "mean",
-            "mean, by threshold",
-            "paper",
-            "sensitivity at n",
-            "FP / image at n",
-            "FN / image at n",
-        ]
-        rows = []
-        for method in [*METHODS, "random"]:
-            for objective in OBJECTIVES if method != "random" else (None,):
-                means = _digit_means(evaluations, method, objective, compared)
-                if not means:
-                    continue
-                paper = PAPER_FAUC.get((method, objective))
-                regression = objective == "regression"
-                rows.append(
-                    [
-                        METHOD_NAMES[method],
-                        objective or "—",
-                        *(_fauc_cell(evaluations, d, method, objective) for d in compared),
-                        _average_cell(means, len(compared)),
-                        _average_cell(
-                            _digit_means(
-                                evaluations, method, objective, compared, "fauc_threshold"
-                            ),
-                            len(compared),
-                        ),
-                        "—" if paper is None else f"{paper:.1f} (all digits)",
-                        *(
-                            _at_count_cell(evaluations, method, compared, f, s)
-                            if regression
-                            else "—"
-                            for f, s in (
-                                ("sensitivity", 100),
-                                ("fp_per_image", 1),
-                                ("fn_per_image", 1),
-                            )
-                        ),
-                    ]
-                )
-        sections.append(
-            f"Table 2. Every method on digit{'s' if len(compared) > 1 else ''} "
-            f"{', '.join(map(str, compared))}: FAUC (%) "
-            "of the FROC by rank with 95 % bootstrap intervals, and the mean FAUC of the "
-            "FROC by threshold; sensitivity (%) and false positives and "
-            "negatives per image when the n = round(predicted count) highest maxima are "
-            "kept (regression only: a presence logit is no count), mean over the digits.\n\n"
-            + markdown_table(header, rows)
-        )
 
-    # Averages and regression against classification, per method.
+def _methods_table(evaluations: list[dict[str, Any]]) -> str | None:
+    """Table 2: every method on the digits where more than GP-Unet ran (None if none)."""
+    compared = sorted({e["digit"] for e in evaluations if e["method"] not in ("gpunet", "random")})
+    if not compared:
+        return None
+    header = [
+        "method",
+        "objective",
+        *(f"FAUC digit {d}" for d in compared),
+        "mean",
+        "mean, by threshold",
+        "paper",
+        "sensitivity at n",
+        "FP / image at n",
+        "FN / image at n",
+    ]
+    rows = []
+    for method in [*METHODS, "random"]:
+        for objective in OBJECTIVES if method != "random" else (None,):
+            means = _digit_means(evaluations, method, objective, compared)
+            if not means:
+                continue
+            paper = PAPER_FAUC.get((method, objective))
+            regression = objective == "regression"
+            rows.append(
+                [
+                    METHOD_NAMES[method],
+                    objective or "—",
+                    *(_fauc_cell(evaluations, d, method, objective) for d in compared),
+                    _average_cell(means, len(compared)),
+                    _average_cell(
+                        _digit_means(evaluations, method, objective, compared, "fauc_threshold"),
+                        len(compared),
+                    ),
+                    "—" if paper is None else f"{paper:.1f} (all digits)",
+                    *(
+                        _at_count_cell(evaluations, method, compared, f, s) if regression else "—"
+                        for f, s in (
+                            ("sensitivity", 100),
+                            ("fp_per_image", 1),
+                            ("fn_per_image", 1),
+                        )
+                    ),
+                ]
+            )
+    return (
+        f"Table 2. Every method on digit{'s' if len(compared) > 1 else ''} "
+        f"{', '.join(map(str, compared))}: FAUC (%) "
+        "of the FROC by rank with 95 % bootstrap intervals, and the mean FAUC of the "
+        "FROC by threshold; sensitivity (%) and false positives and "
+        "negatives per image when the n = round(predicted count) highest maxima are "
+        "kept (regression only: a presence logit is no count), mean over the digits.\n\n"
+        + markdown_table(header, rows)
+    )
+
+
+def _objectives_table(evaluations: list[dict[str, Any]], numbers: dict[str, Any]) -> str | None:
+    """Table 3: regression against classification per method; fills ``numbers``
+    (``average_fauc``, ``regression_vs_classification``). None without a pair."""
     rows = []
     for method in METHODS:
         method_digits = sorted({e["digit"] for e in evaluations if e["method"] == method})
@@ -974,25 +958,29 @@ def mnist_tables(out: str | os.PathLike) -> tuple[str, dict[str, Any]]:
                 f"{np.mean(threshold_differences):+.1f}" if threshold_differences else "—",
             ]
         )
-    if rows:
-        sections.append(
-            "Table 3. Regression against classification: digits where the regression "
-            "objective gave the higher FAUC, and the mean difference (regression − "
-            "classification, FAUC points), for the FROC by rank and by threshold.\n\n"
-            + markdown_table(
-                [
-                    "method",
-                    "digits",
-                    "regression higher on",
-                    "mean Δ",
-                    "higher on, by threshold",
-                    "mean Δ, by threshold",
-                ],
-                rows,
-            )
+    if not rows:
+        return None
+    return (
+        "Table 3. Regression against classification: digits where the regression "
+        "objective gave the higher FAUC, and the mean difference (regression − "
+        "classification, FAUC points), for the FROC by rank and by threshold.\n\n"
+        + markdown_table(
+            [
+                "method",
+                "digits",
+                "regression higher on",
+                "mean Δ",
+                "higher on, by threshold",
+                "mean Δ, by threshold",
+            ],
+            rows,
         )
+    )
 
-    # Training budget actually used.
+
+def _training_table(trainings: list[dict[str, Any]], numbers: dict[str, Any]) -> str | None:
+    """Table 4: the training budget used, per network and objective; fills
+    ``numbers["training"]``. None without trainings."""
     rows, numbers["training"] = [], {}
     for model in dict.fromkeys(model for model, _ in METHODS.values()):
         for objective in OBJECTIVES:
@@ -1018,26 +1006,53 @@ def mnist_tables(out: str | os.PathLike) -> tuple[str, dict[str, Any]]:
                     f"{np.mean(minutes):.1f}",
                 ]
             )
-    if rows:
-        hours = sum(t["train_seconds"] for t in trainings) / 3600
-        sections.append(
-            f"Table 4. Training: epochs run (mean, range), runs stopped early, best epoch "
-            f"and minutes per run; {hours:.1f} h of training in all.\n\n"
-            + markdown_table(
-                [
-                    "network",
-                    "objective",
-                    "runs",
-                    "epochs",
-                    "stopped early",
-                    "best epoch",
-                    "minutes",
-                ],
-                rows,
-            )
+    if not rows:
+        return None
+    hours = sum(t["train_seconds"] for t in trainings) / 3600
+    return (
+        f"Table 4. Training: epochs run (mean, range), runs stopped early, best epoch "
+        f"and minutes per run; {hours:.1f} h of training in all.\n\n"
+        + markdown_table(
+            [
+                "network",
+                "objective",
+                "runs",
+                "epochs",
+                "stopped early",
+                "best epoch",
+                "minutes",
+            ],
+            rows,
         )
+    )
+
+
+def mnist_tables(out: str | os.PathLike) -> tuple[str, dict[str, Any]]:
+    """The markdown tables of experiment 1 and their numbers, from the finished units.
+
+    Returns
+    -------
+    markdown : str
+        Table 1 (GP-Unet on every digit), table 2 (every method on the digits the
+        comparison ran on), regression against classification, and training.
+    numbers : dict
+        ``average_fauc`` per method and objective (%, over digits, and which digits),
+        ``regression_vs_classification`` per method, ``training`` per model and
+        objective, ``units`` (numbers finished).
+    """
+    units = read_units(out)
+    evaluations = [u for u in units if u.get("kind") == "evaluation"]
+    trainings = [u for u in units if u.get("kind") == "training"]
+    numbers: dict[str, Any] = {"average_fauc": {}, "regression_vs_classification": {}}
+    digits = sorted({e["digit"] for e in evaluations})
+    sections = [
+        _gpunet_table(evaluations, digits),
+        _methods_table(evaluations),
+        _objectives_table(evaluations, numbers),
+        _training_table(trainings, numbers),
+    ]
     numbers["units"] = {"trainings": len(trainings), "evaluations": len(evaluations)}
-    return "\n\n".join(sections) + "\n", numbers
+    return "\n\n".join(s for s in sections if s is not None) + "\n", numbers
 
 
 def write_mnist_report(out: str | os.PathLike) -> dict[str, Any]:
