@@ -444,56 +444,21 @@ def train(
         raise ValueError(
             f"patch_size: got {config.patch_size}; expected {config.spatial_dims} sizes"
         )
-    last_path = run_dir / "last.pt"
-    state = None
-    if last_path.exists():
-        if not resume:
-            raise ValueError(
-                f"{run_dir}: holds a run already (last.pt); resume it or use a new folder"
-            )
-        state = load_checkpoint(last_path)
-        _check_resumable(config_from_dict(state["config"]), config, last_path)
-
+    state = _previous_state(run_dir, config, resume)
     sigma = sigma_voxels(config, data_info["spacing"])
     scale = heatmap_scale(sigma) if config.target == "heatmap" else 1.0
     metric, mode = _metric_name(config) if val_cases else ("loss", "min")
     info = {
-        "in_channels": data_info["in_channels"],
-        "spatial_dims": config.spatial_dims,
-        "channels": list(data_info["channels"]),
-        "spacing": [float(s) for s in data_info["spacing"]],
-        "kind": config.target,
+        **_data_info(config, data_info, train_cases, val_cases),
         "heatmap_scale": scale,
         "metric": metric,
         "mode": mode,
-        "train_cases": [case.name for case in train_cases],
-        "val_cases": [case.name for case in val_cases],
     }
-
-    torch.manual_seed(config.seed)
-    network = build_model_for(config, info["in_channels"])
-    if config.init_from is not None and state is None:
-        load_weights(network, config.init_from)
-    if config.freeze_encoder:
-        freeze_encoder(network)
-    network = network.to(device)
-    average = None
-    if config.ema_decay > 0:
-        average = copy.deepcopy(network).requires_grad_(False)
+    network, average, optimizer = _networks(config, info, state, train_cases, device)
     centring = config.target == "count" and config.count_gradient == "centred"
-    if centring:
-        network.centre_batches()
-        if state is None:
-            _calibrate_level(network, train_cases, config)
-    trainable = [p for p in network.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=config.lr)
     history: list[dict[str, Any]] = []
     start = 0
     if state is not None:
-        network.load_state_dict(state.get("training_model", state["model"]))
-        if average is not None:
-            average.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
         history, start = list(state["history"]), int(state["epoch"])
         info.update({k: v for k, v in state["info"].items() if k.startswith("best")})
     objective = objective_for(config)
@@ -566,6 +531,72 @@ def train(
         history=history,
         model=(network if average is None else average).eval(),
     )
+
+
+def _data_info(
+    config: TrainConfig,
+    data_info: dict[str, Any],
+    train_cases: Sequence[TrainingCase],
+    val_cases: Sequence[TrainingCase],
+) -> dict[str, Any]:
+    """What a checkpoint records of the data (``info``): channels, dimensions, spacing,
+    the kind of map and the cases of each split."""
+    return {
+        "in_channels": data_info["in_channels"],
+        "spatial_dims": config.spatial_dims,
+        "channels": list(data_info["channels"]),
+        "spacing": [float(s) for s in data_info["spacing"]],
+        "kind": config.target,
+        "train_cases": [case.name for case in train_cases],
+        "val_cases": [case.name for case in val_cases],
+    }
+
+
+def _previous_state(run_dir: Path, config: TrainConfig, resume: bool) -> dict[str, Any] | None:
+    """The state of ``run_dir/last.pt`` to resume from, None for a new run; refuses a
+    folder that holds a run unless resuming, and a changed configuration."""
+    last_path = run_dir / "last.pt"
+    if not last_path.exists():
+        return None
+    if not resume:
+        raise ValueError(f"{run_dir}: holds a run already (last.pt); resume it or use a new folder")
+    state = load_checkpoint(last_path)
+    _check_resumable(config_from_dict(state["config"]), config, last_path)
+    return state
+
+
+def _networks(
+    config: TrainConfig,
+    info: dict[str, Any],
+    state: dict[str, Any] | None,
+    train_cases: Sequence[TrainingCase],
+    device: torch.device,
+) -> tuple[nn.Module, nn.Module | None, torch.optim.Optimizer]:
+    """The network to train (seeded, from ``init_from``, encoder frozen, count level
+    calibrated as configured), its weight average (None without ``ema_decay``) and the
+    optimiser, all restored from ``state`` when resuming."""
+    torch.manual_seed(config.seed)
+    network = build_model_for(config, info["in_channels"])
+    if config.init_from is not None and state is None:
+        load_weights(network, config.init_from)
+    if config.freeze_encoder:
+        freeze_encoder(network)
+    network = network.to(device)
+    average = None
+    if config.ema_decay > 0:
+        average = copy.deepcopy(network).requires_grad_(False)
+    if config.target == "count" and config.count_gradient == "centred":
+        network.centre_batches()
+        if state is None:
+            _calibrate_level(network, train_cases, config)
+    trainable = [p for p in network.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=config.lr)
+    if state is not None:
+        network.load_state_dict(state.get("training_model", state["model"]))
+        if average is not None:
+            average.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    return network, average, optimizer
 
 
 def _calibrate_level(
