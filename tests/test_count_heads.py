@@ -30,6 +30,7 @@ from weaklesion.models import UNet
 from weaklesion.models.heads import (
     COUNT_HEADS,
     CountHead,
+    RunningStandardization,
     SegmentationWithCountHead,
     attach_count_head,
     has_count_head,
@@ -87,10 +88,69 @@ def test_heads_read_the_documented_features():
 
 
 def test_head_pools_mean_and_max_into_the_classifier():
-    head = CountHead(spatial_dims=2, in_channels=2, bins=3)
-    maps = torch.randn(1, 2, 5, 7)
-    expected = head.classifier(torch.cat((maps.mean((2, 3)), maps.amax((2, 3))), dim=1))
+    maps = torch.randn(3, 2, 5, 7)
+    pooled = torch.cat((maps.mean((2, 3)), maps.amax((2, 3))), dim=1)
+    plain = CountHead(spatial_dims=2, in_channels=2, bins=3, standardize=False)
+    torch.testing.assert_close(plain(maps), plain.classifier(pooled))
+    head = CountHead(spatial_dims=2, in_channels=2, bins=3).eval()
+    head.standardize.mean.copy_(torch.arange(4.0))
+    head.standardize.variance.copy_(torch.tensor([1.0, 4.0, 9.0, 16.0]))
+    scale = torch.tensor([1.0, 2.0, 3.0, 4.0]) + head.standardize.eps
+    expected = head.classifier((pooled - torch.arange(4.0)) / scale)
     torch.testing.assert_close(head(maps), expected)
+
+
+def test_running_standardization_follows_the_running_estimates():
+    """Brute force: the moving averages of batch means and of squared deviations."""
+    norm = RunningStandardization(3, momentum=0.25)
+    batches = [
+        torch.randn(2, 3, generator=torch.Generator().manual_seed(k)) * 3 + 1 for k in range(5)
+    ]
+    mean = batches[0].mean(0)
+    variance = ((batches[0] - mean) ** 2).mean(0)
+    for k, batch in enumerate(batches):
+        out = norm(batch)
+        if k:
+            mean = mean + 0.25 * (batch.mean(0) - mean)
+            variance = variance + 0.25 * (((batch - mean) ** 2).mean(0) - variance)
+        torch.testing.assert_close(norm.mean, mean)
+        torch.testing.assert_close(norm.variance, variance)
+        torch.testing.assert_close(out, (batch - mean) / (variance.sqrt() + norm.eps))
+    norm.eval()
+    norm(torch.full((1, 3), 100.0))  # evaluation leaves the estimates alone
+    torch.testing.assert_close(norm.mean, mean)
+    assert int(norm.batches) == 5
+
+
+def _nearly_constant_features(seed: int):
+    """Pooled features as a trained U-Net's are: about 1 % apart between counts.
+
+    Counts 0, 1, 2, 3 and 3 again, so that the most frequent count is 3 (40 %).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    counts = torch.tensor([0, 1, 2, 3, 3] * 8)
+    pattern = torch.rand(1, 8, 12, 12, generator=generator)
+    noise = 0.002 * torch.randn(len(counts), 8, 12, 12, generator=generator)
+    return 1.0 + 0.01 * counts[:, None, None, None] * pattern + noise, counts
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_head_on_nearly_constant_features_learns_more_than_the_most_frequent_count(seed):
+    maps, counts = _nearly_constant_features(seed)
+    torch.manual_seed(seed)
+    head = CountHead(spatial_dims=2, in_channels=8, bins=4, hidden=16)
+    optimizer = torch.optim.Adam(head.parameters(), lr=3e-3)
+    for step in range(200):
+        chosen = torch.randperm(len(counts), generator=torch.Generator().manual_seed(step))[:4]
+        loss = F.cross_entropy(head(maps[chosen]), counts[chosen])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        predicted = head.eval()(maps).argmax(1)
+    majority = float((counts == 3).float().mean())
+    assert len(torch.unique(predicted)) >= 3
+    assert float((predicted == counts).float().mean()) >= majority + 0.2
 
 
 def _gradient_norms(model, image, counts):
@@ -262,7 +322,10 @@ def test_each_count_model_trains_and_predicts_from_the_command_line(
     sets = [item for setting in settings for item in ("--set", setting)]
     invoke("train", data, "--labels", "masks+counts", "--out", run, *sets)
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
-    assert [r["count_weight"] for r in history] == [count_weight_at(e, 1.0, 1, 1) for e in (0, 1)]
+    weight = TrainConfig().count_weight
+    assert [r["count_weight"] for r in history] == [
+        count_weight_at(e, weight, 1, 1) for e in (0, 1)
+    ]
     assert "val_count_nll" in history[-1]
 
     invoke("predict", data, "--run", run, "--out", maps)

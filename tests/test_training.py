@@ -155,7 +155,7 @@ def test_count_weight_warm_up_then_linear_ramp():
 
 
 def test_multitask_objective_adds_the_count_loss_after_warm_up():
-    config = tiny_config("masks+counts", spatial_dims=2, count_warmup_epochs=1)
+    config = tiny_config("masks+counts", spatial_dims=2, count_warmup_epochs=1, count_weight=1.0)
     model = torch.nn.Conv2d(1, 1, 1)
     image = torch.zeros(1, 1, 6, 6)
     image[0, 0, 2, 2] = 1.0
@@ -398,7 +398,8 @@ def trained(phantom, tmp_path_factory):
     return run
 
 
-def _check_run(run_dir, result, epochs):
+def _check_run(run_dir, result, epochs, eligible_from=1):
+    """Files, history and best epoch of a run; epochs before ``eligible_from`` cannot be best."""
     names = {path.name for path in run_dir.iterdir()}
     assert {"config.toml", "last.pt", "best.pt", "history.jsonl", "metrics.json"} <= names
     lines = (run_dir / "history.jsonl").read_text().splitlines()
@@ -406,7 +407,8 @@ def _check_run(run_dir, result, epochs):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["best_epoch"] == result.best_epoch
     values = [record[f"val_{result.metric}"] for record in result.history]
-    best = max(values) if metrics["mode"] == "max" else min(values)
+    eligible = values[eligible_from - 1 :]
+    best = max(eligible) if metrics["mode"] == "max" else min(eligible)
     assert values[result.best_epoch - 1] == best  # the best epoch is the best one
     assert load_checkpoint(run_dir / "best.pt")["epoch"] == result.best_epoch
 
@@ -465,11 +467,15 @@ def test_train_masks_with_counts(trained):
     run_dir, result = trained("masks+counts")
     segmentation = [record["segmentation"] for record in result.history]
     assert segmentation[-1] < segmentation[0]
-    assert [record["count_weight"] for record in result.history] == [0.0, 0.5, 1.0, 1.0]
+    weight = TrainConfig().count_weight
+    expected = [0.0, 0.5 * weight, weight, weight]
+    assert [record["count_weight"] for record in result.history] == pytest.approx(expected)
     assert "count_nll" not in result.history[0] and "count_nll" in result.history[-1]
-    assert result.metric == "count_nll"
-    _check_run(run_dir, result, 4)
-    assert "val_dice" in result.history[-1] and "val_count_accuracy" in result.history[-1]
+    # Selected by lesion F1, as the paper does, and never a segmentation-only epoch.
+    assert result.metric == "f1" and result.best_epoch >= 2
+    _check_run(run_dir, result, 4, eligible_from=2)
+    last = result.history[-1]
+    assert {"val_dice", "val_count_accuracy", "val_count_nll", "val_f1"} <= set(last)
 
 
 @pytest.mark.slow

@@ -78,7 +78,9 @@ def build_model_for(config: TrainConfig, in_channels: int) -> nn.Module:
     network = build_model(
         config.model, config.spatial_dims, in_channels, 1, **dict(config.model_kwargs)
     )
-    return attach_count_head(network, config.count_head, config.max_count)
+    return attach_count_head(
+        network, config.count_head, config.max_count, standardize=config.count_head_standardize
+    )
 
 
 def checkpoint_sha256(path: str | os.PathLike) -> str:

@@ -13,6 +13,13 @@ schedule. The classifier reads one of three places of a U-Net:
   perceptron), so the count loss reaches the whole segmentation network through its
   output.
 
+The globally pooled maps hardly differ between images: the U-Net's features are
+instance-normalised, and a few lesions change the average over a whole volume by about
+1 %. A perceptron on them starts, and stays for hundreds of steps, at the logits of the
+most frequent count. By default (``standardize=True``, not in the paper) the pooled
+vector is therefore standardised with running statistics (:class:`RunningStandardization`)
+before the perceptron; ``standardize=False`` is the plain design.
+
 ``"poisson_binomial"`` (the default of ``TrainConfig.count_head``) adds no head: the
 count distribution is that of the map's candidate regions
 (:func:`weaklesion.counting.count_distribution`).
@@ -34,6 +41,7 @@ from weaklesion.models.unet import CONVOLUTIONS, MAX_POOLS, check_spatial_dims
 __all__ = [
     "COUNT_HEADS",
     "CountHead",
+    "RunningStandardization",
     "SegmentationWithCountHead",
     "attach_count_head",
     "has_count_head",
@@ -45,13 +53,72 @@ _HEAD_SOURCES = {"bottleneck": "bottleneck", "multihead": "decoder", "downstream
 _SOURCES = ("bottleneck", "decoder", "segmentation")
 
 
+class RunningStandardization(nn.Module):
+    """Standardise features by running estimates of their mean and standard deviation.
+
+    Unlike batch normalisation, the forward pass always uses the running estimates (not
+    the batch's), so batches of one or two images train the same function that is
+    evaluated. In training mode every batch first updates the estimates: the first batch
+    sets the mean, then ``mean += momentum * (batch mean - mean)`` and
+    ``variance += momentum * (mean squared deviation from the running mean - variance)``.
+    No gradient flows into the estimates.
+
+    Parameters
+    ----------
+    features : int
+        Length of the feature vectors.
+    momentum : float
+        Weight in (0, 1] of each batch in the running estimates.
+    eps : float
+        Added to the standard deviation.
+
+    Examples
+    --------
+    >>> norm = RunningStandardization(2, momentum=1.0)
+    >>> out = norm(torch.tensor([[1.0, 10.0], [3.0, 30.0]]))
+    >>> norm.mean.tolist(), [round(v, 3) for v in out[1].tolist()]
+    ([2.0, 20.0], [1.0, 1.0])
+    """
+
+    def __init__(self, features: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        if features < 1 or not 0 < momentum <= 1 or eps <= 0:
+            raise ValueError(
+                f"features, momentum, eps: got {features}, {momentum}, {eps}; expected a "
+                "positive length, a momentum in (0, 1] and a positive eps"
+            )
+        self.momentum = momentum
+        self.eps = eps
+        self.register_buffer("mean", torch.zeros(features))
+        self.register_buffer("variance", torch.ones(features))
+        self.register_buffer("batches", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardised ``(N, features)`` vectors."""
+        if self.training:
+            with torch.no_grad():
+                values = x.detach()
+                if int(self.batches) == 0:
+                    self.mean.copy_(values.mean(0))
+                else:
+                    self.mean.add_(self.momentum * (values.mean(0) - self.mean))
+                squared = ((values - self.mean) ** 2).mean(0)
+                if int(self.batches) == 0 and values.shape[0] > 1:
+                    self.variance.copy_(squared)
+                else:
+                    self.variance.add_(self.momentum * (squared - self.variance))
+                self.batches += 1
+        return (x - self.mean) / (self.variance.sqrt() + self.eps)
+
+
 class CountHead(nn.Module):
     """Classifier of feature maps (or a probability map) into count bins.
 
     Each entry of ``widths`` is a 3×3(×3) convolution with leaky ReLU followed by 2×
     max-pooling; then the maps are reduced by global average and global max pooling
     (both: the average says how much lesion there is, the maximum whether there is any),
-    and a two-layer perceptron gives one logit per bin.
+    optionally standardised (:class:`RunningStandardization`), and a two-layer
+    perceptron gives one logit per bin.
 
     Parameters
     ----------
@@ -65,6 +132,8 @@ class CountHead(nn.Module):
         Channels of the convolution stages before pooling; empty for none.
     hidden : int
         Width of the hidden layer of the perceptron.
+    standardize : bool
+        Standardise the pooled vector with running statistics before the perceptron.
 
     Examples
     --------
@@ -80,6 +149,7 @@ class CountHead(nn.Module):
         bins: int,
         widths: Sequence[int] = (),
         hidden: int = 32,
+        standardize: bool = True,
     ) -> None:
         super().__init__()
         check_spatial_dims(spatial_dims)
@@ -102,6 +172,7 @@ class CountHead(nn.Module):
             ]
             channels = width
         self.convolutions = nn.Sequential(*stages)
+        self.standardize = RunningStandardization(2 * channels) if standardize else nn.Identity()
         self.classifier = nn.Sequential(
             nn.Linear(2 * channels, hidden), nn.LeakyReLU(0.01), nn.Linear(hidden, bins)
         )
@@ -109,7 +180,7 @@ class CountHead(nn.Module):
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         """Count logits ``(N, bins)`` of maps ``(N, in_channels, *spatial)``."""
         h = self.convolutions(maps).flatten(2)
-        return self.classifier(torch.cat((h.mean(-1), h.amax(-1)), dim=1))
+        return self.classifier(self.standardize(torch.cat((h.mean(-1), h.amax(-1)), dim=1)))
 
 
 class SegmentationWithCountHead(nn.Module):
@@ -163,7 +234,11 @@ def has_count_head(model: nn.Module) -> bool:
 
 
 def attach_count_head(
-    network: nn.Module, count_head: str, max_count: int, hidden: int = 32
+    network: nn.Module,
+    count_head: str,
+    max_count: int,
+    hidden: int = 32,
+    standardize: bool = True,
 ) -> nn.Module:
     """Attach the named count classifier to a U-Net, or return it as it is.
 
@@ -179,6 +254,8 @@ def attach_count_head(
         The classifier has bins ``0 .. max_count``, the last one "``max_count`` or more".
     hidden : int
         Width of the head's hidden layer.
+    standardize : bool
+        Standardise the head's pooled features (see :class:`CountHead`).
 
     Returns
     -------
@@ -217,5 +294,5 @@ def attach_count_head(
         "decoder": (first, (2 * first, 4 * first)),
         "segmentation": (1, (8, 16, 32)),
     }[source]
-    head = CountHead(spatial_dims, in_channels, max_count + 1, widths, hidden)
+    head = CountHead(spatial_dims, in_channels, max_count + 1, widths, hidden, standardize)
     return SegmentationWithCountHead(network, head, source)

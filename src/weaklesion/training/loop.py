@@ -22,9 +22,11 @@ euclidean, geodesic    detection F1 (max) of connected components at their maxim
                        the threshold tuned on the validation cases
 segmentation (masks)   detection F1 (max) of connected components at their centre of
                        mass, the threshold tuned on the validation cases; Dice
-segmentation           count NLL (min) of the Poisson-binomial count distribution, or
-(masks+counts)         of the count head's, over the bins 0 .. max_count (the last
-                       "or more"); count accuracy, Dice
+segmentation           detection F1 (max) as for masks, from the epoch the count loss
+(masks+counts)         starts (Schroeter, Myers-Colet et al. select by validation
+                       segmentation F1); count NLL of the Poisson-binomial count
+                       distribution, or of the count head's, over the bins
+                       0 .. max_count (the last "or more"); count accuracy, Dice
 count                  count MAE (min) of the GP-Unet count, negative counts taken as
                        0; count accuracy
 count (classification) presence NLL (min): the BCE of the output as the logit of
@@ -159,8 +161,6 @@ def _metric_name(config: TrainConfig) -> tuple[str, str]:
         return "presence_nll", "min"
     if config.target == "count":
         return "count_mae", "min"
-    if config.labels == "masks+counts":
-        return "count_nll", "min"
     return "f1", "max"
 
 
@@ -199,8 +199,6 @@ def validate(
             "count_mae": count_mae(predicted, truth),
             "count_accuracy": count_accuracy(predicted, truth),
         }
-    if config.labels == "masks+counts":
-        return _count_distribution_metrics(predictions, cases, config)
     settings = settings_for_config(config)
     truths = [_truth_points(case) for case in cases]
     curve = operating_curve(
@@ -219,6 +217,8 @@ def validate(
         metrics["count_mae"] = float(np.mean(errors))
     if config.target == "segmentation":
         metrics["dice"] = _pooled_dice(predictions, cases)
+    if config.labels == "masks+counts":
+        metrics.update(_count_distribution_metrics(predictions, cases, config))
     return metrics
 
 
@@ -754,6 +754,10 @@ def _end_epoch(
     else:
         value = record["loss"]
     history.append(record)
+    if config.labels == "masks+counts" and epoch < min(
+        config.count_warmup_epochs, config.epochs - 1
+    ):
+        value = None  # segmentation only so far: not yet a multi-task model
     if value is not None and _is_better(value, info.get("best_value"), mode):
         info.update(best_epoch=epoch + 1, best_value=value, best_threshold=info.get("threshold"))
         save_checkpoint(
