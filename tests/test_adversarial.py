@@ -49,10 +49,12 @@ def trained():
     """A small U-Net with a bottleneck count head, trained on segmentation and counts.
 
     ``model`` counts with its head; ``model.network`` is the same segmentation network
-    alone, counted by the Poisson-binomial distribution of its map.
+    alone, counted by the Poisson-binomial distribution of its map. The head is the
+    papers' (``standardize=False``): these tests attack a fixed, known model.
     """
     torch.manual_seed(0)
-    model = attach_count_head(UNet(2, features=(4, 8), dropout=0.0), "bottleneck", MAX_COUNT)
+    network = UNet(2, features=(4, 8), dropout=0.0)
+    model = attach_count_head(network, "bottleneck", MAX_COUNT, standardize=False)
     images, masks, counts = blobs(32, seed=0)
     counts = torch.tensor(counts)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
