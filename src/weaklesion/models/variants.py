@@ -22,21 +22,10 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from weaklesion.models.gpunet import _PooledCount, conv_block
-from weaklesion.models.unet import CONVOLUTIONS, MAX_POOLS, check_spatial_dims
+from weaklesion.models.gpunet import _default_filters, _PooledCount, conv_block
+from weaklesion.models.unet import CONVOLUTIONS, MAX_POOLS
 
 __all__ = ["AttentionGate", "GPUNetNoResidual", "TwoScaleGPUNet"]
-
-
-def _default_filters(spatial_dims: int, filters: int | None, in_channels: int) -> int:
-    """32 filters in 3D and a quarter of that (8) in 2D, as in the papers."""
-    check_spatial_dims(spatial_dims)
-    filters = (32 if spatial_dims == 3 else 8) if filters is None else int(filters)
-    if in_channels < 1 or filters < 1:
-        raise ValueError(
-            f"in_channels, filters: got {in_channels}, {filters}; expected positive numbers"
-        )
-    return filters
 
 
 def _upsample(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
