@@ -74,6 +74,7 @@ def training_step(config: TrainConfig, channels: int, batch: dict) -> Callable[[
         loss.backward()
         optimizer.step()
 
+    step.network = network  # type: ignore[attr-defined]
     return step
 
 

@@ -71,7 +71,7 @@ from weaklesion.inference import predict_image, predicted_count_distribution
 from weaklesion.io import atomic_write, json_ready, write_json
 from weaklesion.metrics import count_accuracy, count_mae
 from weaklesion.models import freeze_encoder
-from weaklesion.run import device_for
+from weaklesion.run import device_for, place_network
 from weaklesion.scoring import (
     DEFAULT_THRESHOLDS,
     choose_operating_point,
@@ -581,7 +581,7 @@ def _networks(
         load_weights(network, config.init_from)
     if config.freeze_encoder:
         freeze_encoder(network)
-    network = network.to(device)
+    network = place_network(network, device, config.spatial_dims)
     average = None
     if config.ema_decay > 0:
         average = copy.deepcopy(network).requires_grad_(False)

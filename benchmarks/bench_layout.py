@@ -1,0 +1,127 @@
+"""Memory layout of the network's weights on a CPU: contiguous against channels-last.
+
+:func:`weaklesion.run.place_network` puts the weights of a 3D network channels-last
+(``torch.channels_last_3d``) on a CPU, for training and prediction. Timed here, each
+with contiguous weights (PyTorch's default, the old behaviour) and with channels-last
+weights, inputs left contiguous as the data loader makes them:
+
+1. a training step of the demo's 3D U-Net (``src/weaklesion/configs/demo.toml``) on a
+   batch of 2 whole 32 x 64 x 64 phantom-sized images (heatmap objective, Adam);
+2. a forward pass of the same network without gradients (prediction, validation);
+3. a training step of the same U-Net in 2D on a batch of 8 images of 128 x 128;
+4. a training step of a GP-Unet (8 filters) on a batch of 4 2D images of 128 x 128,
+   the count objective.
+
+Medians of a few repeats after a warm-up, in several rounds; ``ratio`` = contiguous /
+channels-last (above 1: channels-last is faster). Only the 3D layout was adopted: the
+2D rows say why not the 2D one. Run on a quiet machine with torch's default threads.
+
+Run: ``.venv/bin/python -m benchmarks.bench_layout``; writes
+``benchmarks/results/layout.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.bench_threads import DEMO_CONFIG, gpunet_workload, median_time, training_step
+from weaklesion.io import atomic_write
+from weaklesion.run import build_model_for
+from weaklesion.training import TrainConfig, load_config
+
+RESULTS = Path(__file__).parent / "results" / "layout.json"
+ROUNDS = 3
+
+
+def _demo_config(spatial_dims: int) -> TrainConfig:
+    return dataclasses.replace(load_config(DEMO_CONFIG), spatial_dims=spatial_dims)
+
+
+def _heatmap_batch(shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    image = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    target = torch.zeros(shape[0], 1, *shape[2:])
+    target[(slice(None), slice(None), *(slice(10, 13) for _ in shape[2:]))] = 1.0
+    return {"image": image, "target": target}
+
+
+def _network_of(step: Callable[[], None]) -> torch.nn.Module:
+    return step.network  # type: ignore[attr-defined]
+
+
+def workloads() -> dict[str, tuple[Callable[[], object], torch.nn.Module, torch.memory_format]]:
+    """Each workload with the network whose layout is switched and the layout to use."""
+    unet3d = training_step(_demo_config(3), 1, _heatmap_batch((2, 1, 32, 64, 64)))
+    image = torch.randn(2, 1, 32, 64, 64, generator=torch.Generator().manual_seed(1))
+    predictor = build_model_for(_demo_config(3), 1).eval()
+
+    def predict() -> None:
+        with torch.no_grad():
+            predictor(image)
+
+    unet2d = training_step(_demo_config(2), 1, _heatmap_batch((8, 1, 128, 128)))
+    gpunet = gpunet_workload()
+    return {
+        "training step, demo U-Net 3D": (unet3d, _network_of(unet3d), torch.channels_last_3d),
+        "prediction, demo U-Net 3D": (predict, predictor, torch.channels_last_3d),
+        "training step, demo U-Net 2D": (unet2d, _network_of(unet2d), torch.channels_last),
+        "training step, GP-Unet 2D": (gpunet, _network_of(gpunet), torch.channels_last),
+    }
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    runs = workloads()
+    rounds: list[dict[str, float]] = []
+    for _ in range(ROUNDS):
+        times: dict[str, float] = {}
+        for name, (workload, network, layout) in runs.items():
+            for label, memory_format in (
+                ("contiguous", torch.contiguous_format),
+                ("channels_last", layout),
+            ):
+                network.to(memory_format=memory_format)
+                times[f"{name}/{label}"] = median_time(workload)
+            network.to(memory_format=torch.contiguous_format)
+        rounds.append({"load_average": list(os.getloadavg()), "times_s": times})
+    summary = {}
+    for name in runs:
+        old = np.array([r["times_s"][f"{name}/contiguous"] for r in rounds])
+        new = np.array([r["times_s"][f"{name}/channels_last"] for r in rounds])
+        summary[name] = {
+            "contiguous_s_median": float(np.median(old)),
+            "channels_last_s_median": float(np.median(new)),
+            "ratio_median": float(np.median(old / new)),
+            "ratio_min": float((old / new).min()),
+            "ratio_max": float((old / new).max()),
+        }
+        print(
+            f"{name}: contiguous {summary[name]['contiguous_s_median'] * 1e3:.0f} ms, "
+            f"channels-last {summary[name]['channels_last_s_median'] * 1e3:.0f} ms, ratio "
+            f"{summary[name]['ratio_median']:.2f}"
+        )
+    result = {
+        "benchmark": "weight memory layout on CPU: contiguous against channels-last",
+        "ratio": "contiguous time / channels-last time; above 1: channels-last is faster",
+        "threads": torch.get_num_threads(),
+        "rounds": ROUNDS,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "summary": summary,
+        "raw": rounds,
+    }
+    with atomic_write(RESULTS, "w", encoding="utf-8") as handle:
+        json.dump(result, handle, indent=2)
+        handle.write("\n")
+
+
+if __name__ == "__main__":
+    main()
