@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 
 import nibabel
 import numpy as np
@@ -167,7 +168,7 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monke
     def broken_sync(descriptor):
         raise OSError("disk full")
 
-    monkeypatch.setattr(io.os, "fsync", broken_sync)
+    monkeypatch.setattr(os, "fsync", broken_sync)
     with pytest.raises(OSError, match="disk full"):
         write_image(path, np.zeros((4, 4), np.uint8))
     assert path.read_bytes() == before
