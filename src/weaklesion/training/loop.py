@@ -436,24 +436,10 @@ def train(
     :mod:`weaklesion.training.distributed`.
     """
     run_dir = Path(run_dir)
-    apply_thread_policy(config.num_threads)
-    device = device_for(config.device)
-    train_cases, val_cases, data_info = load_training_cases(data_root, config)
-    config = dataclasses.replace(config, spatial_dims=data_info["spatial_dims"])
-    if config.patch_size is not None and len(config.patch_size) != config.spatial_dims:
-        raise ValueError(
-            f"patch_size: got {config.patch_size}; expected {config.spatial_dims} sizes"
-        )
-    state = _previous_state(run_dir, config, resume)
-    sigma = sigma_voxels(config, data_info["spacing"])
-    scale = heatmap_scale(sigma) if config.target == "heatmap" else 1.0
-    metric, mode = _metric_name(config) if val_cases else ("loss", "min")
-    info = {
-        **_data_info(config, data_info, train_cases, val_cases),
-        "heatmap_scale": scale,
-        "metric": metric,
-        "mode": mode,
-    }
+    config, device, train_cases, val_cases, state, info = _set_up_run(
+        config, data_root, run_dir, resume
+    )
+    scale, metric = info["heatmap_scale"], info["metric"]
     network, average, optimizer = _networks(config, info, state, train_cases, device)
     centring = config.target == "count" and config.count_gradient == "centred"
     history: list[dict[str, Any]] = []
@@ -531,6 +517,44 @@ def train(
         history=history,
         model=(network if average is None else average).eval(),
     )
+
+
+def _set_up_run(
+    config: TrainConfig, data_root: str | os.PathLike, run_dir: Path, resume: bool
+) -> tuple[
+    TrainConfig,
+    torch.device,
+    list[TrainingCase],
+    list[TrainingCase],
+    dict[str, Any] | None,
+    dict[str, Any],
+]:
+    """Threads, device and data of a run, before any network is built.
+
+    Returns the configuration fitted to the data (``spatial_dims``), the device, the
+    training and validation cases, the state to resume from (None for a new run) and
+    the run's ``info``: what a checkpoint records of the data, the heatmap scale, and
+    the metric that picks the best epoch with its ``mode``.
+    """
+    apply_thread_policy(config.num_threads)
+    device = device_for(config.device)
+    train_cases, val_cases, data_info = load_training_cases(data_root, config)
+    config = dataclasses.replace(config, spatial_dims=data_info["spatial_dims"])
+    if config.patch_size is not None and len(config.patch_size) != config.spatial_dims:
+        raise ValueError(
+            f"patch_size: got {config.patch_size}; expected {config.spatial_dims} sizes"
+        )
+    state = _previous_state(run_dir, config, resume)
+    sigma = sigma_voxels(config, data_info["spacing"])
+    scale = heatmap_scale(sigma) if config.target == "heatmap" else 1.0
+    metric, mode = _metric_name(config) if val_cases else ("loss", "min")
+    info = {
+        **_data_info(config, data_info, train_cases, val_cases),
+        "heatmap_scale": scale,
+        "metric": metric,
+        "mode": mode,
+    }
+    return config, device, train_cases, val_cases, state, info
 
 
 def _data_info(
