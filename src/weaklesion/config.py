@@ -137,7 +137,7 @@ class TrainConfig:
         Learning rate per optimiser step over the ``epochs``: constant; cosine annealing
         from ``lr`` to 0; or one cycle (cosine warm-up from ``lr / 25`` to ``lr`` over the
         first 30 % of the steps, then cosine annealing to ``lr / 25 / 1e4``), see
-        :func:`weaklesion.training.loop.learning_rate`.
+        :func:`weaklesion.training.schedules.learning_rate`.
     batch_size : int
         Images (or patches) per step and per process.
     patch_size : list of int or None

@@ -6,6 +6,8 @@
 - :mod:`~weaklesion.training.objectives` -- one loss per kind of label, one signature;
 - :mod:`~weaklesion.training.loop` -- :func:`train`, with validation, checkpoints and
   exact resume;
+- :mod:`~weaklesion.training.schedules` -- the learning rate and the weight average,
+  by optimiser step;
 - :mod:`~weaklesion.training.checkpoint` -- atomic, ``weights_only`` checkpoints and
   :func:`load_run`;
 - :mod:`~weaklesion.training.distributed` -- the same :func:`train` under ``torchrun``.
