@@ -1,0 +1,107 @@
+"""Experiment 1's design: the detection methods, the objectives and the sizes.
+
+What a run of :func:`~weaklesion.bench.mnist.run_mnist` is made of, shared by its data
+(:mod:`~weaklesion.bench.mnist.data`), its units (:mod:`~weaklesion.bench.mnist.units`)
+and its report (:mod:`~weaklesion.bench.mnist.report`): each method's network and
+attention, the two training objectives, the paper's numbers, and the full and quick
+sizes (:data:`FULL`, :data:`QUICK`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Attention method of each detection method, and the network it is computed on.
+METHODS = {
+    "gpunet": ("gpunet", "cam"),
+    "gpunet_noresidual": ("gpunet_noresidual", "cam"),
+    "gated_attention": ("gated_attention", "cam"),
+    "gradcam": ("gpunet_base", "gradcam"),
+    "grad": ("gpunet_base", "grad"),
+    "guided": ("gpunet_base", "guided"),
+}
+METHOD_NAMES = {
+    "gpunet": "GP-Unet",
+    "gpunet_noresidual": "GP-Unet no residual",
+    "gated_attention": "Gated Attention",
+    "gradcam": "Grad-CAM",
+    "grad": "Grad",
+    "guided": "Guided backprop",
+    "random": "random maxima (chance)",
+}
+OBJECTIVES = ("regression", "classification")
+# The paper's average FAUC over the ten digits (Medical Image Analysis 2020), in %.
+PAPER_FAUC = {("gpunet", "regression"): 96.0, ("gpunet_noresidual", "regression"): 99.3}
+
+
+@dataclass(frozen=True)
+class MnistSettings:
+    """Size of the experiment: grids, images, training budget, resampling.
+
+    Attributes
+    ----------
+    grid : (rows, columns)
+        Cells per image; each cell is 28×28 pixels.
+    images : (training, validation, test)
+        Images per target digit in each split.
+    max_epochs : int
+        Epoch budget of a training.
+    min_epochs : int
+        Epochs always trained: a count network first sits at the mean count for a while
+        before it finds the digits.
+    patience : int
+        Training stops after this many epochs without a better validation metric
+        (count MAE for regression, presence NLL for classification).
+    batch_size : int
+        Images per optimiser step.
+    lr : float
+        Adam learning rate.
+    nms_size : int
+        Non-maximum suppression box, pixels.
+    max_fp : float
+        Upper end of the FAUC, false positives per image.
+    n_boot : int
+        Bootstrap resamples of the FAUC interval.
+    pool_seed : int
+        Seed of the split of the digits into pools and of the grids.
+    threads : int
+        Torch CPU threads.
+    count_gradient : {"plain", "centred"}
+        How the count networks learn (``TrainConfig.count_gradient``): the papers'
+        plain gradient, or batch-centred pooled features.
+    """
+
+    grid: tuple[int, int] = (7, 5)
+    images: tuple[int, int, int] = (400, 100, 500)
+    max_epochs: int = 50
+    min_epochs: int = 25
+    patience: int = 8
+    batch_size: int = 4
+    lr: float = 3e-3
+    nms_size: int = 6
+    max_fp: float = 5.0
+    n_boot: int = 1000
+    pool_seed: int = 0
+    threads: int = 1
+    count_gradient: str = "plain"
+
+
+# The full run's epoch budget: a count network first sits at the mean count before it
+# finds the digits (measured here on 7×5 grids of digit 4, 400 images, batch 4,
+# learning rate 3e-3: 28 epochs with PyTorch's default initialisation, 9 with He
+# initialisation for GP-Unet and 16 for Gated Attention), so every run gets 25 epochs
+# before early stopping applies.
+FULL = MnistSettings()
+# Two cells per image: with few distractor digits a count network finds the target in
+# a few hundred steps, so the quick run shows the planted structure within seconds.
+QUICK = MnistSettings(
+    grid=(1, 2),
+    images=(320, 40, 80),
+    max_epochs=6,
+    min_epochs=6,
+    patience=1,
+    batch_size=8,
+    lr=3e-3,
+    n_boot=200,
+)
+QUICK_DIGITS = (1,)
