@@ -1,0 +1,5 @@
+"""``python -m weaklesion.cli``: the ``weaklesion`` command."""
+
+from weaklesion.cli import main
+
+main()
