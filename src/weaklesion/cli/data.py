@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from weaklesion.cli.common import EXIT_BAD_INPUT, parse_floats, refuse_bad_input
+from weaklesion.cli.options import Overwrite
 
 
 @refuse_bad_input
@@ -41,9 +42,7 @@ def synth_phantom(
     seed: Annotated[int, typer.Option(help="Dataset seed.")] = 0,
     shape: Annotated[str, typer.Option(help="Volume shape z,y,x in voxels.")] = "32,64,64",
     spacing: Annotated[str, typer.Option(help="Voxel size z,y,x in mm.")] = "1,1,1",
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace OUT if it holds files (as a whole).")
-    ] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Write a deterministic synthetic 3D lesion dataset (images, masks, points, counts).
 

@@ -11,6 +11,7 @@ import typer
 
 from weaklesion.cli.common import check_out_suffix, refuse_bad_input
 from weaklesion.cli.maps import lesion_settings, predicted_counts
+from weaklesion.cli.options import Device
 from weaklesion.io import write_json
 
 if TYPE_CHECKING:
@@ -235,7 +236,7 @@ def tune(
             "center_of_mass for segmentation, else max]."
         ),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    device: Device = "auto",
 ) -> None:
     """Choose the detector's operating point on validation cases and store it in the run.
 

@@ -9,6 +9,7 @@ import typer
 
 from weaklesion.cli.common import check_out_suffix, over_cases, refuse_bad_input
 from weaklesion.cli.maps import case_name, lesion_settings, predicted_counts, read_map
+from weaklesion.cli.options import Channel
 from weaklesion.io import write_json
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ def detect(
             "peaks of each case."
         ),
     ] = None,
-    channel: Annotated[int | None, typer.Option(help="Channel of a multi-channel map.")] = None,
+    channel: Channel = None,
     run: Annotated[
         Path | None,
         typer.Option(
@@ -198,7 +199,7 @@ def count(
     threshold: Annotated[float, typer.Option(help="Binarisation threshold.")] = 0.1,
     min_size: Annotated[int, typer.Option(help="Smallest region in voxels.")] = 1,
     credible: Annotated[float, typer.Option(help="Mass of the credible interval.")] = 0.95,
-    channel: Annotated[int | None, typer.Option(help="Channel of a multi-channel map.")] = None,
+    channel: Channel = None,
     run: Annotated[
         Path | None,
         typer.Option(

@@ -11,6 +11,7 @@ import typer
 from typer.core import TyperCommand
 
 from weaklesion.cli.common import parse_floats, refuse_bad_input
+from weaklesion.cli.options import Device, Overrides, Overwrite, Resume
 
 
 class TrainCommand(TyperCommand):
@@ -36,11 +37,8 @@ def train(
         str | None, typer.Option(help="points | counts | masks | masks+counts.")
     ] = None,
     config: Annotated[Path | None, typer.Option(help="TOML configuration file.")] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a configuration key: KEY=VALUE (repeatable)."),
-    ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue a stopped run from last.pt.")] = False,
+    set_: Overrides = None,
+    resume: Resume = False,
     nproc: Annotated[int, typer.Option(help="Processes for distributed training.")] = 1,
 ) -> None:
     """Train a model from weak labels: points, counts, masks or masks+counts.
@@ -85,11 +83,8 @@ def finetune(
     ] = False,
     epochs: Annotated[int | None, typer.Option(help="Epochs; default the source run's.")] = None,
     which: Annotated[str, typer.Option(help="Source checkpoint: best | last | a path.")] = "best",
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a configuration key: KEY=VALUE (repeatable)."),
-    ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue a stopped run from last.pt.")] = False,
+    set_: Overrides = None,
+    resume: Resume = False,
 ) -> None:
     """Fine-tune a model trained from points into a segmentation model on a few masks.
 
@@ -128,7 +123,7 @@ def predict(
     ] = None,
     overlap: Annotated[float, typer.Option(help="Overlap of sliding windows.")] = 0.25,
     mc_samples: Annotated[int, typer.Option(help="MC-dropout samples (0: none).")] = 0,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    device: Device = "auto",
     attention: Annotated[
         str | None,
         typer.Option(
@@ -140,9 +135,7 @@ def predict(
         str | None,
         typer.Option(help="Predict only this split of the dataset, e.g. test [default: all]."),
     ] = None,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace OUT if it holds files (as a whole).")
-    ] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Predict maps (heatmap, probabilities or attention) with the input's affine.
 
