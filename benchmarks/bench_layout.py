@@ -6,15 +6,21 @@ with contiguous weights (PyTorch's default, the old behaviour) and with channels
 weights, inputs left contiguous as the data loader makes them:
 
 1. a training step of the demo's 3D U-Net (``src/weaklesion/configs/demo.toml``) on a
-   batch of 2 whole 32 x 64 x 64 phantom-sized images (heatmap objective, Adam);
-2. a forward pass of the same network without gradients (prediction, validation);
-3. a training step of the same U-Net in 2D on a batch of 8 images of 128 x 128;
+   batch of 2 whole 32 x 64 x 64 images of one channel (one MRI sequence), and of two
+   channels (the demo's phantom: FLAIR and T1): heatmap objective, Adam;
+2. a forward pass of the one-channel network without gradients (prediction,
+   validation);
+3. a training step of the same U-Net in 2D on a batch of 8 one-channel images of
+   128 x 128;
 4. a training step of a GP-Unet (8 filters) on a batch of 4 2D images of 128 x 128,
    the count objective.
 
-Medians of a few repeats after a warm-up, in several rounds; ``ratio`` = contiguous /
-channels-last (above 1: channels-last is faster). Only the 3D layout was adopted: the
-2D rows say why not the 2D one. Run on a quiet machine with torch's default threads.
+With one input channel and contiguous weights, PyTorch's CPU convolution takes a slower
+path; with two or more channels both layouts run at the same speed, which the
+two-channel row checks. Medians of a few repeats after a warm-up, in several rounds;
+``ratio`` = contiguous / channels-last (above 1: channels-last is faster). Only the 3D
+layout was adopted: the 2D rows say why not the 2D one. Run on a quiet machine with
+torch's default threads.
 
 Run: ``.venv/bin/python -m benchmarks.bench_layout``; writes
 ``benchmarks/results/layout.json``.
@@ -59,6 +65,7 @@ def _network_of(step: Callable[[], None]) -> torch.nn.Module:
 def workloads() -> dict[str, tuple[Callable[[], object], torch.nn.Module, torch.memory_format]]:
     """Each workload with the network whose layout is switched and the layout to use."""
     unet3d = training_step(_demo_config(3), 1, _heatmap_batch((2, 1, 32, 64, 64)))
+    two_channels = training_step(_demo_config(3), 2, _heatmap_batch((2, 2, 32, 64, 64)))
     image = torch.randn(2, 1, 32, 64, 64, generator=torch.Generator().manual_seed(1))
     predictor = build_model_for(_demo_config(3), 1).eval()
 
@@ -70,6 +77,11 @@ def workloads() -> dict[str, tuple[Callable[[], object], torch.nn.Module, torch.
     gpunet = gpunet_workload()
     return {
         "training step, demo U-Net 3D": (unet3d, _network_of(unet3d), torch.channels_last_3d),
+        "training step, demo U-Net 3D, 2 channels": (
+            two_channels,
+            _network_of(two_channels),
+            torch.channels_last_3d,
+        ),
         "prediction, demo U-Net 3D": (predict, predictor, torch.channels_last_3d),
         "training step, demo U-Net 2D": (unet2d, _network_of(unet2d), torch.channels_last),
         "training step, GP-Unet 2D": (gpunet, _network_of(gpunet), torch.channels_last),

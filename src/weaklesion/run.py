@@ -86,14 +86,15 @@ def build_model_for(config: TrainConfig, in_channels: int) -> nn.Module:
 def place_network(network: nn.Module, device: torch.device, spatial_dims: int | None) -> nn.Module:
     """``network`` on ``device``; on a CPU, a 3D network's weights also go channels-last.
 
-    With channels-last weights (``torch.channels_last_3d``) PyTorch's CPU convolutions
-    run on the oneDNN kernels that suit them: a training step of the demo's 3D U-Net
-    (batch 2 of 32x64x64) was 1.6 times as fast, a prediction 1.9 times
-    (``benchmarks/bench_layout.py``, results in ``benchmarks/results/layout.json``). The
-    outputs are the same up to the rounding of a different summation order. 2D networks
-    and other devices are left as they are: in 2D the gain depended on the image and
-    batch size (1.2-1.5 on 128x128 images, none for a GP-Unet on a batch of 16 MNIST
-    grids of 140x196).
+    For images of one channel (one MRI sequence) PyTorch's CPU convolution takes a slow
+    path with contiguous weights: with channels-last weights (``torch.channels_last_3d``)
+    a training step of the demo's 3D U-Net on one-channel images (batch 2 of 32x64x64)
+    was 1.6 times as fast and a prediction 1.9 times; with two channels both layouts
+    ran at the same speed (``benchmarks/bench_layout.py``, results in
+    ``benchmarks/results/layout.json``). The outputs are the same up to the rounding of
+    a different summation order. 2D networks and other devices are left as they are: in
+    2D the gain depended on the image and batch size (1.2-1.5 on 128x128 images, none
+    for a GP-Unet on a batch of 16 MNIST grids of 140x196).
 
     Parameters
     ----------
