@@ -89,7 +89,7 @@ def place_network(network: nn.Module, device: torch.device, spatial_dims: int | 
     For images of one channel (one MRI sequence) PyTorch's CPU convolution takes a slow
     path with contiguous weights: with channels-last weights (``torch.channels_last_3d``)
     a training step of the demo's 3D U-Net on one-channel images (batch 2 of 32x64x64)
-    was 1.6 times as fast and a prediction 1.9 times; with two channels both layouts
+    was 1.6 times as fast and a prediction 1.3 to 1.9 times; with two channels both layouts
     ran at the same speed (``benchmarks/bench_layout.py``, results in
     ``benchmarks/results/layout.json``). The outputs are the same up to the rounding of
     a different summation order. 2D networks and other devices are left as they are: in
