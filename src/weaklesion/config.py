@@ -124,11 +124,14 @@ class TrainConfig:
         batch mean of the pooled features in training, so that its weights learn from
         the differences between the images of a batch, and sets the inference mean and
         the output's level from the training images before the first epoch and after
-        each (see :class:`weaklesion.models.GPUNet`; needs ``batch_size`` ≥ 2). On
-        7×5 MNIST grids the plain gradient sits at the mean count for 9 epochs (digit
-        4) or more than 50 (digit 7) and the centred one leaves it within the first
-        epochs; on 1×2 grids the centred one counts better but its maps localise worse,
-        so it is not yet the default (docs/REPRODUCTION.md).
+        each (see :class:`weaklesion.models.GPUNet`; needs ``batch_size`` ≥ 2). The
+        default: on 7×5 MNIST grids the plain gradient sits at the mean count for 9
+        epochs (digit 4) or more than 50 (digit 7) and the centred one leaves it within
+        the first epochs; on 3×3 grids of digits 4 and 7, three seeds each, 8 epochs,
+        the centred one reached 0.46-0.82 of the mean-count error and the plain one
+        never went below 0.995 of it. Where the plain gradient does learn (1×2 grids
+        of digit 1) its maps localise better (FAUC 85.6 against 72.2 by rank, three
+        seeds): set ``"plain"`` to reproduce the papers (docs/REPRODUCTION.md).
     epochs : int
         Number of training epochs.
     lr : float
@@ -218,7 +221,7 @@ class TrainConfig:
     count_head: str = "poisson_binomial"
     count_head_standardize: bool = True
     count_objective: str = "regression"
-    count_gradient: str = "plain"
+    count_gradient: str = "centred"
     epochs: int = 100
     lr: float = 1e-3
     lr_schedule: str = "constant"
@@ -519,6 +522,16 @@ def save_config(config: TrainConfig, path: str | os.PathLike) -> Path:
 
 
 def config_from_dict(values: Mapping[str, Any]) -> TrainConfig:
-    """Rebuild a configuration from ``dataclasses.asdict`` output (as kept in checkpoints)."""
+    """Rebuild a configuration from ``dataclasses.asdict`` output (as kept in checkpoints).
+
+    Keys a configuration did not yet have take the value that reproduces what it ran
+    with, where that is not today's default: ``count_gradient`` is ``"plain"`` for runs
+    written before it existed.
+
+    >>> config_from_dict({"labels": "counts"}).count_gradient
+    'plain'
+    """
     known = {item.name for item in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in values.items() if k in known})
+    values = {k: v for k, v in values.items() if k in known}
+    values.setdefault("count_gradient", "plain")
+    return TrainConfig(**values)
