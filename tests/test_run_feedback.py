@@ -4,6 +4,7 @@ version, and the named choices of `train --help` (generated from the registries)
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from weaklesion.cli import app
-from weaklesion.config import CHOICES
+from weaklesion.config import CHOICES, TrainConfig
 from weaklesion.data import write_phantom_dataset
 from weaklesion.training.choices import DESCRIPTIONS, registered_choices
 
@@ -73,3 +74,17 @@ def test_train_help_lists_every_registered_choice_with_its_set_key():
 def test_every_registered_choice_is_described():
     for key, names in registered_choices().items():
         assert set(DESCRIPTIONS[key]) == set(names), key
+
+
+def test_train_help_gives_each_choice_its_own_line_and_marks_the_defaults():
+    """At a usual terminal width the choices stay a table (click rewraps paragraphs),
+    and the name a configuration takes by default is marked."""
+    result = runner.invoke(app, ["train", "--help"], terminal_width=100)
+    lines = [line.strip() for line in result.output.splitlines()]
+    defaults = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
+    for key, names in registered_choices().items():
+        for name in names:
+            starts = [line for line in lines if line.startswith(f"--set {key}={name} ")]
+            assert len(starts) == 1, (key, name)
+            assert starts[0].endswith("(default)") == (defaults[key] == name), starts[0]
+    assert any(line.startswith("--set count_gradient=centred") for line in lines)

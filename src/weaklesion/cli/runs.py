@@ -22,7 +22,8 @@ class TrainCommand(TyperCommand):
     def epilog(self) -> str:
         from weaklesion.training.choices import choices_help
 
-        return "Choices (--set KEY=NAME):\n" + choices_help()
+        # "\b" keeps click from rewrapping the table into one paragraph.
+        return "Choices (--set KEY=NAME):\n\n\b\n" + choices_help()
 
     @epilog.setter
     def epilog(self, value: str | None) -> None:

@@ -8,7 +8,9 @@ picks it.
 
 from __future__ import annotations
 
-from weaklesion.config import CHOICES
+import dataclasses
+
+from weaklesion.config import CHOICES, TrainConfig
 from weaklesion.models import MODEL_NAMES
 
 DESCRIPTIONS: dict[str, dict[str, str]] = {
@@ -79,13 +81,15 @@ def registered_choices() -> dict[str, tuple[str, ...]]:
 def choices_help() -> str:
     """The choices as text for ``weaklesion train --help``: one line per name.
 
-    Each line gives the ``--set KEY=NAME`` that picks the name and what it means.
+    Each line gives the ``--set KEY=NAME`` that picks the name and what it means; the
+    name a configuration takes when it names none is marked ``(default)``.
 
     Examples
     --------
     >>> print(choices_help().splitlines()[1])
-      --set labels=points                   lesion centres (points.csv)
+      --set labels=points                   lesion centres (points.csv) (default)
     """
+    defaults = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
     choices = registered_choices()
     width = max(len(f"--set {key}={name}") for key, names in choices.items() for name in names)
     lines = []
@@ -93,5 +97,7 @@ def choices_help() -> str:
         lines.append(f"{key}: {KEY_NOTES[key]}")
         for name in names:
             meaning = DESCRIPTIONS.get(key, {}).get(name, "")
+            if defaults.get(key) == name:
+                meaning = f"{meaning} (default)"
             lines.append(f"  {f'--set {key}={name}':<{width}}  {meaning}".rstrip())
     return "\n".join(lines)
