@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import time
 from pathlib import Path
 
 import cc3d
@@ -30,21 +29,12 @@ import torch
 from scipy import ndimage
 from scipy.stats import poisson_binom
 
+from benchmarks.timing import median_time
 from weaklesion.counting import candidate_regions, poisson_binomial_pmf
 from weaklesion.io import atomic_write
 
 RESULTS = Path(__file__).parent / "results" / "counting.json"
 REPEATS = 7
-
-
-def median_time(function, repeats: int = REPEATS) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def scipy_pmf(p: np.ndarray, max_count: int | None = None) -> np.ndarray:
@@ -64,8 +54,8 @@ def pmf_case(name: str, rows: list[np.ndarray], max_count: int | None = None) ->
     ours = poisson_binomial_pmf(batch, max_count).reshape(len(rows), -1)
     reference = [scipy_pmf(row, max_count) for row in rows]
     difference = max(float(np.max(np.abs(ours[i, : len(r)] - r))) for i, r in enumerate(reference))
-    ours_s = median_time(lambda: poisson_binomial_pmf(batch, max_count))
-    scipy_s = median_time(lambda: [scipy_pmf(row, max_count) for row in rows])
+    ours_s = median_time(lambda: poisson_binomial_pmf(batch, max_count), REPEATS)
+    scipy_s = median_time(lambda: [scipy_pmf(row, max_count) for row in rows], REPEATS)
     return {
         "name": name,
         "batch": len(rows),

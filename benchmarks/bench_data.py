@@ -31,21 +31,12 @@ from pathlib import Path
 import nibabel
 import numpy as np
 
+from benchmarks.timing import median_time
 from weaklesion.data import check_dataset, load_dataset, make_phantom_case, write_phantom_dataset
 from weaklesion.io import atomic_write, read_image, write_image
 
 RESULTS = Path(__file__).parent / "results" / "data.json"
 BUDGET_S = 0.5
-
-
-def median_time(function, repeats: int = 5) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def time_phantom(background: str) -> float:

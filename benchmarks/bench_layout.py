@@ -38,7 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.bench_threads import DEMO_CONFIG, gpunet_workload, median_time, training_step
+from benchmarks.bench_threads import DEMO_CONFIG, gpunet_workload, training_step
+from benchmarks.timing import median_time
 from weaklesion.io import atomic_write
 from weaklesion.run import build_model_for
 from weaklesion.training import TrainConfig, load_config

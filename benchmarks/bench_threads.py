@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.timing import median_time
 from weaklesion.counting import poisson_binomial_pmf
 from weaklesion.io import atomic_write
 from weaklesion.training import TrainConfig, load_config, objective_for
@@ -44,16 +45,6 @@ RESULTS = Path(__file__).parent / "results" / "threads.json"
 DEMO_CONFIG = Path(__file__).parents[1] / "src" / "weaklesion" / "configs" / "demo.toml"
 ROUNDS = 4
 REPEATS = 5
-
-
-def median_time(function: Callable[[], object], repeats: int = REPEATS) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def pmf_workload() -> Callable[[], object]:
@@ -105,7 +96,7 @@ def time_round(workloads: dict[str, Callable[[], object]], default_threads: int)
     for name, workload in workloads.items():
         for label, threads in (("default", default_threads), ("one_thread", 1)):
             torch.set_num_threads(threads)
-            times[f"{name}/{label}"] = median_time(workload)
+            times[f"{name}/{label}"] = median_time(workload, REPEATS)
     return times
 
 

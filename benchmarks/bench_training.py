@@ -25,13 +25,13 @@ import dataclasses
 import json
 import os
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from monai.networks.nets import BasicUNet
 
+from benchmarks.timing import median_time
 from weaklesion.inference import predict_image
 from weaklesion.io import atomic_write
 from weaklesion.models import model_summary
@@ -46,16 +46,6 @@ WINDOW = (32, 64, 64)
 CHANNELS = 2
 BATCH = 2
 REPEATS = 3
-
-
-def median_time(function, repeats: int = REPEATS) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def demo_config() -> TrainConfig:
@@ -96,12 +86,14 @@ def training_step_time(network: torch.nn.Module, config: TrainConfig) -> float:
         loss.backward()
         optimizer.step()
 
-    return median_time(step)
+    return median_time(step, REPEATS)
 
 
 def prediction_time(network: torch.nn.Module, shape, window=None) -> float:
     image = np.random.default_rng(0).normal(size=(CHANNELS, *shape)).astype(np.float32)
-    return median_time(lambda: predict_image(network, image, "heatmap", window, overlap=0.25))
+    return median_time(
+        lambda: predict_image(network, image, "heatmap", window, overlap=0.25), REPEATS
+    )
 
 
 def entry(name: str, voxels: int, ours_s: float, baseline_s: float) -> dict:
