@@ -11,9 +11,10 @@ import torch
 from weaklesion.data.dataset import load_dataset
 from weaklesion.data.normalize import zscore
 from weaklesion.detection import fit_gaussians
-from weaklesion.inference import predict_cases, predict_image
+from weaklesion.inference import predict_cases, predict_image, predict_images
 from weaklesion.io import read_image, write_image
 from weaklesion.models import GPUNet, UNet
+from weaklesion.models.heads import attach_count_head
 from weaklesion.training import TrainConfig
 from weaklesion.training.checkpoint import run_state, save_checkpoint
 
@@ -134,6 +135,48 @@ def test_bad_input_is_refused(image, kwargs, message):
 def test_empty_image_gives_an_empty_map():
     prediction = predict_image(Pointwise(1, 2), np.zeros((1, 0, 5)), "heatmap")
     assert prediction.map.shape == (0, 5) and prediction.count == 0.0
+
+
+@pytest.mark.parametrize("kind", ["heatmap", "segmentation", "count"])
+def test_batched_predictions_equal_one_image_at_a_time(kind):
+    """Shapes mix (3 of one, 1 of another, 2 of the first), so runs of 2, 1, 1 and 2."""
+    torch.manual_seed(0)
+    if kind == "count":
+        model = GPUNet(3, 2, filters=4)
+    else:
+        model = UNet(3, 2, 1, features=(4, 8), dropout=0.3)
+    shapes = [(2, 8, 16, 16)] * 3 + [(2, 8, 16, 24)] + [(2, 8, 16, 16)] * 2
+    images = [random_image(shape, seed) for seed, shape in enumerate(shapes)]
+    batched = predict_images(model, images, kind, scale=2.0, batch_size=2)
+    assert model.training  # the caller's mode is restored
+    assert len(batched) == len(images)
+    for image, prediction in zip(images, batched, strict=True):
+        alone = predict_image(model, image, kind, scale=2.0)
+        assert prediction.map.shape == image.shape[1:] and prediction.samples is None
+        np.testing.assert_allclose(prediction.map, alone.map, rtol=1e-4, atol=1e-5)
+        if kind == "segmentation":
+            assert prediction.count is None
+        else:
+            assert prediction.count == pytest.approx(alone.count, rel=1e-4, abs=1e-5)
+
+
+def test_batched_windows_and_count_head_pmfs_equal_one_image_at_a_time():
+    torch.manual_seed(0)
+    model = UNet(3, 2, 1, features=(4, 8)).eval()
+    images = [random_image((2, 8, 16, 24), seed) for seed in range(3)]
+    tiled = predict_images(model, images, "heatmap", (8, 8, 8), overlap=0.5, batch_size=3)
+    for image, prediction in zip(images, tiled, strict=True):
+        alone = predict_image(model, image, "heatmap", (8, 8, 8), overlap=0.5)
+        np.testing.assert_allclose(prediction.map, alone.map, rtol=1e-4, atol=1e-5)
+    headed = attach_count_head(UNet(3, 2, 1, features=(4, 8)), "multihead", 4).eval()
+    batched = predict_images(headed, images, "segmentation", batch_size=2)
+    for image, prediction in zip(images, batched, strict=True):
+        alone = predict_image(headed, image, "segmentation")
+        assert prediction.count_pmf.shape == (5,)
+        np.testing.assert_allclose(prediction.count_pmf, alone.count_pmf, rtol=1e-4)
+    with pytest.raises(ValueError, match="batch_size: got 0"):
+        predict_images(model, images, "heatmap", batch_size=0)
+    assert predict_images(model, [np.zeros((2, 0, 4, 4))] * 2, "heatmap")[1].count == 0.0
 
 
 @pytest.fixture(scope="module")

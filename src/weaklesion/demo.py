@@ -29,7 +29,7 @@ from weaklesion.detection import (
     peak_detections,
     write_detections_csv,
 )
-from weaklesion.inference import predict_image
+from weaklesion.inference import predict_images
 from weaklesion.io import write_json
 from weaklesion.metrics import detection_scores, evaluate_detections, match_points
 from weaklesion.report import plot_froc, plot_reliability, plot_slices
@@ -331,14 +331,14 @@ def run_demo(
     test_cases = load_dataset(data).split_cases("test")
     truth, sizes, spacing = lesion_truth(data, [case.id for case in test_cases])
     found, maps, counts = {}, {}, {}
-    for case in test_cases:
-        arrays = case.load()
-        prediction = predict_image(
-            model, zscore(arrays.image), config.target, scale=info["heatmap_scale"]
-        )
+    images = [case.load().image for case in test_cases]
+    predictions = predict_images(
+        model, [zscore(image) for image in images], config.target, scale=info["heatmap_scale"]
+    )
+    for case, image, prediction in zip(test_cases, images, predictions, strict=True):
         fitted = find_lesions(prediction.map, settings, spacing[case.id])
         found[case.id] = fitted
-        maps[case.id] = (arrays.image[0], prediction.map)
+        maps[case.id] = (image[0], prediction.map)
         # The fitted amplitudes are existence probabilities, so the lesion count is
         # their Poisson-binomial variable.
         distribution = lesion_count_distribution(fitted)

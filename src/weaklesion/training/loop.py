@@ -67,7 +67,7 @@ from torch import nn
 
 from weaklesion.config import TrainConfig, config_from_dict, save_config
 from weaklesion.data.dataset import instance_centres
-from weaklesion.inference import predict_image, predicted_count_distribution
+from weaklesion.inference import predict_images, predicted_count_distribution
 from weaklesion.io import atomic_write, json_ready, write_json
 from weaklesion.metrics import count_accuracy, count_mae
 from weaklesion.models import freeze_encoder
@@ -183,10 +183,10 @@ def validate(
         Always holds the metric of :func:`_metric_name`; ``"threshold"`` too where a
         detection threshold is tuned.
     """
-    predictions = [
-        predict_image(model, case.image, config.target, config.patch_size, scale=scale)
-        for case in cases
-    ]
+    # Two images per network call: much faster than one for small 3D images on a CPU.
+    predictions = predict_images(
+        model, [case.image for case in cases], config.target, config.patch_size, scale=scale
+    )
     if config.target == "count" and config.count_objective == "classification":
         logits = torch.tensor([p.count for p in predictions], dtype=torch.float64)
         present = torch.tensor([case.count > 0 for case in cases], dtype=torch.float64)
