@@ -174,6 +174,18 @@ def test_batched_windows_and_count_head_pmfs_equal_one_image_at_a_time():
         alone = predict_image(headed, image, "segmentation")
         assert prediction.count_pmf.shape == (5,)
         np.testing.assert_allclose(prediction.count_pmf, alone.count_pmf, rtol=1e-4)
+    read, held = [], []
+
+    def reading(images):  # records how many images were read at each network call
+        for image in images:
+            read.append(image)
+            yield image
+
+    forward = model.forward
+    model.forward = lambda x: held.append(len(read)) or forward(x)
+    predict_images(model, reading(images), "heatmap", batch_size=2)
+    del model.forward
+    assert held == [2, 3]  # never more than a batch read ahead
     with pytest.raises(ValueError, match="batch_size: got 0"):
         predict_images(model, images, "heatmap", batch_size=0)
     assert predict_images(model, [np.zeros((2, 0, 4, 4))] * 2, "heatmap")[1].count == 0.0

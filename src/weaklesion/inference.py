@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -225,7 +225,7 @@ def predict_image(
 
 def predict_images(
     model: nn.Module,
-    images: Sequence[np.ndarray | torch.Tensor],
+    images: Iterable[np.ndarray | torch.Tensor],
     kind: str,
     patch_size: Sequence[int] | None = None,
     overlap: float = 0.25,
@@ -248,10 +248,11 @@ def predict_images(
     ----------
     model, kind, patch_size, overlap, scale, blend, device
         As for :func:`predict_image`.
-    images : sequence of (C, *spatial) arrays or tensors
+    images : iterable of (C, *spatial) arrays or tensors
         z-score-normalised images, channel first. Neighbours of the same shape share a
         network call; with ``patch_size``, each image goes alone and its windows go
-        ``batch_size`` at a time.
+        ``batch_size`` at a time. Read as they are needed: a generator that loads them
+        keeps at most ``batch_size`` images in memory.
     batch_size : int
         Most images (or windows) per network call: memory for that many at once.
 
@@ -262,7 +263,7 @@ def predict_images(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size: got {batch_size!r}; expected a number >= 1")
-    inputs = [_checked_input(model, image, kind, patch_size, overlap) for image in images]
+    inputs = (_checked_input(model, image, kind, patch_size, overlap) for image in images)
     device = _device_of(model, device)
     head_pmfs: list[torch.Tensor] = []
     predict = _predictor(model, kind, scale, head_pmfs)
@@ -328,14 +329,17 @@ def _evaluating(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _same_shape_runs(inputs: Sequence[torch.Tensor], most: int) -> Iterator[list[torch.Tensor]]:
+def _same_shape_runs(inputs: Iterable[torch.Tensor], most: int) -> Iterator[list[torch.Tensor]]:
     """``inputs`` in order, cut into runs of at most ``most`` neighbours of one shape."""
     group: list[torch.Tensor] = []
     for x in inputs:
-        if group and (len(group) == most or x.shape != group[0].shape):
+        if group and x.shape != group[0].shape:
             yield group
             group = []
         group.append(x)
+        if len(group) == most:
+            yield group
+            group = []
     if group:
         yield group
 

@@ -54,7 +54,7 @@ from rich.progress import track
 from weaklesion.config import load_config
 from weaklesion.data.dataset import load_dataset
 from weaklesion.data.normalize import zscore
-from weaklesion.inference import predict_image
+from weaklesion.inference import predict_images
 from weaklesion.io import affine_spacing, json_ready, write_json
 from weaklesion.report.figures import plot_curve
 from weaklesion.run import OPERATING_POINT_FILE, checkpoint_sha256, load_run, read_operating_point
@@ -112,23 +112,27 @@ def _validation_cases(dataset, split: str, info: dict[str, Any]) -> list:
 
 
 def _predict_cases(model, config, info, cases, device, progress: bool):
-    """Predictions and voxel spacing of each case."""
+    """Predictions and voxel spacing of each case, two cases per network call."""
 
     if progress:
         cases = track(cases, description="Predicting validation cases")
-    results = []
-    for case in cases:
-        arrays = case.load()
-        prediction = predict_image(
-            model,
-            zscore(arrays.image),
-            config.target,
-            config.patch_size,
-            scale=info["heatmap_scale"],
-            device=device,
-        )
-        results.append((prediction, affine_spacing(arrays.affine)))
-    return results
+    spacings = []
+
+    def images():
+        for case in cases:
+            arrays = case.load()
+            spacings.append(affine_spacing(arrays.affine))
+            yield zscore(arrays.image)
+
+    predictions = predict_images(
+        model,
+        images(),
+        config.target,
+        config.patch_size,
+        scale=info["heatmap_scale"],
+        device=device,
+    )
+    return list(zip(predictions, spacings, strict=True))
 
 
 def tune_operating_point(
