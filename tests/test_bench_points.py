@@ -1,5 +1,6 @@
 """Experiment 2 (points vs masks): the quick run writes a complete, resumable report, and
-its detectors and scores find the planted lesions of the quick phantom."""
+its detectors and scores find the planted lesions of the quick phantom, and attention
+peaks are the planted maxima."""
 
 from __future__ import annotations
 
@@ -12,11 +13,15 @@ import pytest
 from weaklesion.bench.points import (
     METHODS,
     ROWS,
+    THRESHOLDS,
+    attention_levels,
     certainty_curve,
+    detection_froc,
     existence_calibration,
     overlap_matches,
     row_detector,
     run_points,
+    scored_detections,
     segmentation_scores,
     tune_and_test,
 )
@@ -26,6 +31,7 @@ from weaklesion.detection import fit_gaussians
 from weaklesion.metrics import hits_by_score
 from weaklesion.targets import gaussian_heatmap
 from weaklesion.training.data import heatmap_scale
+from weaklesion.tuning import detector_sweep
 from weaklesion.uncertainty import lesion_entropy
 
 SIGMA = 1.0
@@ -95,6 +101,59 @@ def test_other_settings_in_the_same_folder_are_refused(quick_run):
     out, _ = quick_run
     with pytest.raises(ValueError, match=r"settings\.json: field '\w+' is .*use another --out"):
         run_points(out, quick=False, seeds=1, methods=["heatmap_fit"], console=None)
+
+
+def _planted_attention():
+    """An attention map on a constant background of 5 with five compact bumps (a centre
+    of height h over the background, its 26 neighbours h / 2), and the bumps' centres
+    and heights; three bumps are lesions, and a fourth lesion has no bump."""
+    centres = np.array([[3, 3, 3], [3, 12, 12], [10, 4, 18], [12, 18, 6], [6, 20, 20]])
+    heights = np.array([8.0, 6.0, 4.0, 2.0, 1.0])
+    attention = np.full((16, 24, 24), 5.0)
+    for (z, y, x), height in zip(centres, heights, strict=True):
+        attention[z - 1 : z + 2, y - 1 : y + 2, x - 1 : x + 2] += height / 2
+        attention[z, y, x] += height / 2
+    lesion = np.array([True, False, True, False, True])
+    truth = np.concatenate([centres[lesion], [[13.0, 12.0, 12.0]]]).astype(float)
+    return attention, centres, heights, lesion, truth
+
+
+def test_attention_peaks_are_the_planted_maxima_scored_by_the_map():
+    attention, centres, heights, lesion, truth = _planted_attention()
+    low, high = attention_levels([attention])
+    assert (low, high) == (5.0, 13.0)
+    scaled = (attention - low) / (high - low)
+    found = scored_detections("peaks", [scaled])[0]
+    np.testing.assert_array_equal(found.points, centres)  # highest first
+    np.testing.assert_array_equal(found.scores, scaled[tuple(centres.T)])
+    np.testing.assert_array_equal(found.scores, heights / heights.max())
+    # Every threshold keeps the bumps at least that high: tp and fp by brute force.
+    curve = detector_sweep(row_detector("peaks", [scaled]), 1, [truth], MATCH_DISTANCE, THRESHOLDS)
+    kept = heights[None, :] / heights.max() >= np.asarray(curve.values)[:, None]
+    np.testing.assert_array_equal(curve.tp[:, 0], (kept & lesion).sum(axis=1))
+    np.testing.assert_array_equal(curve.fp[:, 0], (kept & ~lesion).sum(axis=1))
+    np.testing.assert_array_equal(curve.fn[:, 0], len(truth) - (kept & lesion).sum(axis=1))
+    # The best F1 keeps all five bumps (3 hits, 2 false, 1 missed): the highest such
+    # threshold is the largest candidate at or under the weakest bump, 1/8.
+    detect = row_detector("peaks", [scaled])
+    result = tune_and_test(detect, [truth], detect, [truth], None, MATCH_DISTANCE)
+    assert result["threshold"] == 0.12 and result["f1"] == pytest.approx(2 * 3 / (2 * 3 + 2 + 1))
+
+
+def test_attention_froc_ranks_the_peaks_by_their_value():
+    attention, *_, truth = _planted_attention()
+    low, high = attention_levels([attention])
+    raw = scored_detections("peaks", [attention])
+    scaled = scored_detections("peaks", [(attention - low) / (high - low)])
+    # By hand, in decreasing value: hit, false, hit, false, hit; 4 lesions. Up to 5 false
+    # positives the sensitivity is 1/4 before the first, 2/4 before the second, then 3/4.
+    froc = detection_froc(scaled, [truth], MATCH_DISTANCE, max_fp=5.0, n_boot=10)
+    assert froc["froc"]["fp_per_image"] == [0.0, 0.0, 1.0, 1.0, 2.0, 2.0]
+    assert froc["froc"]["sensitivity"] == [0.0, 0.25, 0.25, 0.5, 0.5, 0.75]
+    assert froc["fauc"]["estimate"] == pytest.approx((1 * 0.25 + 1 * 0.5 + 3 * 0.75) / 5)
+    assert froc["fauc_by_rank"]["estimate"] == froc["fauc"]["estimate"]  # one image
+    # The rescaling changes the scores, not their order: the same curve from the raw map.
+    assert detection_froc(raw, [truth], MATCH_DISTANCE, n_boot=10) == froc
 
 
 def test_unknown_method_is_named(tmp_path):

@@ -71,7 +71,9 @@ from weaklesion.bench.points.design import (
     CERTAINTY_FRACTIONS,
     DATA_SEED,
     DETECTORS,
+    FAUC_RESAMPLES,
     FIT_STOP,
+    MAX_FP,
     MAX_LESIONS,
     MC_DROPOUT,
     METHODS,
@@ -88,10 +90,14 @@ from weaklesion.bench.points.design import (
 )
 from weaklesion.bench.points.report import points_tables, summarise_points, write_points_report
 from weaklesion.bench.points.scores import (
+    COUNT_PEAKS,
+    attention_levels,
     certainty_curve,
+    detection_froc,
     existence_calibration,
     fitted_detector,
     row_detector,
+    scored_detections,
     tune_and_test,
 )
 from weaklesion.bench.points.units import run_points, training_datalist
@@ -100,9 +106,12 @@ from weaklesion.metrics import f1_from_counts, overlap_matches, segmentation_sco
 __all__ = [
     "CALIBRATION_BINS",
     "CERTAINTY_FRACTIONS",
+    "COUNT_PEAKS",
     "DATA_SEED",
     "DETECTORS",
+    "FAUC_RESAMPLES",
     "FIT_STOP",
+    "MAX_FP",
     "MAX_LESIONS",
     "MC_DROPOUT",
     "METHODS",
@@ -116,7 +125,9 @@ __all__ = [
     "TRANSFER_SCORES",
     "VALIDATION_CASES",
     "PointsSettings",
+    "attention_levels",
     "certainty_curve",
+    "detection_froc",
     "existence_calibration",
     "f1_from_counts",
     "fitted_detector",
@@ -124,6 +135,7 @@ __all__ = [
     "points_tables",
     "row_detector",
     "run_points",
+    "scored_detections",
     "segmentation_scores",
     "summarise_points",
     "training_datalist",

@@ -37,7 +37,7 @@ ROW_MODELS = {
     "heatmap_cc": ("heatmap", "components"),
     "heatmap_fit": ("heatmap", "fit"),
 }
-DETECTORS = ("components", "components_centre", "fit")
+DETECTORS = ("components", "components_centre", "fit", "peaks")
 # What each kind of model changes in the recipe.
 MODEL_CHANGES = {
     "segmentation": {"labels": "masks", "target": "segmentation"},
@@ -55,6 +55,8 @@ FIT_STOP = 0.01  # amplitude at which the Gaussian fitting stops
 CALIBRATION_BINS = 10
 CERTAINTY_FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)
 TRANSFER_SCORES = ("segmentation_f1", "detection_f1", "dice")
+MAX_FP = 5.0  # upper end of the FROC area, false positives per volume
+FAUC_RESAMPLES = 1000  # bootstrap resamples of the test cases for the FAUC interval
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,12 @@
 
 A row of Table 1 is a detector on a model's maps (:func:`row_detector`) whose threshold
 is chosen on the validation cases and scored on the test cases (:func:`tune_and_test`);
-Table 2 scores the existence probabilities of the fitted lesions
-(:func:`existence_calibration`) and the accuracy of the most certain detections
-(:func:`certainty_curve`). Arrays in, plain numbers and lists out: the units of
-:mod:`~weaklesion.bench.points.units` store what these return.
+the detectors that score every candidate (:func:`scored_detections`: fitted lesions,
+attention peaks on the scale of :func:`attention_levels`) also give a FROC curve and
+its area (:func:`detection_froc`). Table 2 scores the existence probabilities of the
+fitted lesions (:func:`existence_calibration`) and the accuracy of the most certain
+detections (:func:`certainty_curve`). Arrays in, plain numbers and lists out: the units
+of :mod:`~weaklesion.bench.points.units` store what these return.
 """
 
 from __future__ import annotations
@@ -19,21 +21,30 @@ from weaklesion.bench.points.design import (
     CALIBRATION_BINS,
     CERTAINTY_FRACTIONS,
     DETECTORS,
+    FAUC_RESAMPLES,
     FIT_STOP,
+    MAX_FP,
     MAX_LESIONS,
     THRESHOLDS,
 )
-from weaklesion.detection import component_detections, fit_gaussians
+from weaklesion.detection import Detections, component_detections, fit_gaussians
 from weaklesion.metrics import (
     accuracy_by_certainty,
     detection_scores,
     expected_calibration_error,
+    froc_auc_ci,
+    froc_curve,
     hits_by_score,
     match_points,
     recall_by_size,
     reliability_bins,
 )
+from weaklesion.scoring import LesionSettings, find_lesions
 from weaklesion.tuning import choose_operating_point, detector_sweep, metric_curve
+
+# A count run's detector as ``weaklesion detect --run`` applies it: the peaks of the
+# attention map after the package's non-maximum suppression box.
+COUNT_PEAKS = LesionSettings(method="peaks")
 
 
 def row_detector(
@@ -46,11 +57,11 @@ def row_detector(
 
     Parameters
     ----------
-    detector : {"components", "components_centre", "fit"}
+    detector : {"components", "components_centre", "fit", "peaks"}
         Connected components of ``map * peak_scale`` above the threshold, one detection
         at each component's maximum or at its centre of mass (weighted by the map); or
-        iterative Gaussian fitting of the map (once per map, up to :data:`MAX_LESIONS`
-        lesions), keeping the lesions whose amplitude is at least the threshold.
+        the scored candidates of :func:`scored_detections` (fitted lesions, or the peaks
+        of ``map * peak_scale``) whose score is at least the threshold.
     maps : sequence of (Z, Y, X) arrays
         One predicted map per case; mass-1 heatmaps for ``"fit"``.
     sigma : float or (D,) floats
@@ -74,16 +85,16 @@ def row_detector(
     (array([[4., 4., 4.]]), array([[4., 4., 4.]]))
     >>> row_detector("components_centre", [heatmap])(0.5, 0).round(3)
     array([[4.   , 4.   , 4.375]])
+    >>> attention = np.zeros((9, 9, 9))
+    >>> attention[1, 1, 1], attention[7, 7, 7] = 40.0, 10.0
+    >>> row_detector("peaks", [attention], peak_scale=1 / 40)(0.5, 0)
+    array([[1., 1., 1.]])
     """
 
     if detector not in DETECTORS:
         raise ValueError(f"detector: got {detector!r}; expected one of {', '.join(DETECTORS)}")
-    if detector == "fit":
-        fits = [
-            fit_gaussians(heatmap, sigma, stop=FIT_STOP, max_lesions=MAX_LESIONS)
-            for heatmap in maps
-        ]
-        return fitted_detector(fits)
+    if detector in ("fit", "peaks"):
+        return fitted_detector(scored_detections(detector, maps, sigma, peak_scale))
     location = "center_of_mass" if detector == "components_centre" else "max"
     scaled = [np.asarray(m) * peak_scale for m in maps]
     return lambda threshold, case: (
@@ -91,15 +102,165 @@ def row_detector(
     )
 
 
+def scored_detections(
+    detector: str,
+    maps: Sequence[np.ndarray],
+    sigma: Sequence[float] | float = 1.0,
+    peak_scale: float = 1.0,
+) -> list[Detections]:
+    """Every candidate lesion of each map with its score, for the detectors that score them.
+
+    Parameters
+    ----------
+    detector : {"fit", "peaks"}
+        Iterative Gaussian fitting of a mass-1 heatmap (up to :data:`MAX_LESIONS`
+        lesions, stopping at amplitude :data:`FIT_STOP`), scored by the fitted
+        amplitude; or the local maxima of ``map * peak_scale`` after non-maximum
+        suppression (:data:`COUNT_PEAKS`, as ``weaklesion detect`` finds a count run's
+        lesions), scored by the scaled map's value there.
+    maps : sequence of (Z, Y, X) arrays
+        One predicted map per case.
+    sigma : float or (D,) floats
+        Heatmap width in voxels (``"fit"`` only).
+    peak_scale : float
+        Positive factor of the map (``"peaks"`` only); it changes the scores, not their
+        order.
+
+    Returns
+    -------
+    list of Detections
+        One per map, highest score first.
+
+    Examples
+    --------
+    >>> attention = np.zeros((9, 9, 9))
+    >>> attention[1, 1, 1], attention[7, 7, 7] = 40.0, 10.0
+    >>> found = scored_detections("peaks", [attention], peak_scale=1 / 40)[0]
+    >>> found.points, found.scores
+    (array([[1., 1., 1.],
+           [7., 7., 7.]]), array([1.  , 0.25]))
+    """
+    if detector == "fit":
+        return [
+            fit_gaussians(heatmap, sigma, stop=FIT_STOP, max_lesions=MAX_LESIONS)
+            for heatmap in maps
+        ]
+    if detector != "peaks":
+        raise ValueError(f"detector: got {detector!r}; expected fit or peaks")
+    return [find_lesions(np.asarray(m) * peak_scale, COUNT_PEAKS) for m in maps]
+
+
+def attention_levels(maps: Sequence[np.ndarray]) -> tuple[float, float]:
+    """Background and top level of attention maps: their median voxel and largest value.
+
+    An attention map holds densities (a GP-Unet's class activation map averages to the
+    predicted count) on its model's own scale, and a linear output may add any constant
+    to it. ``(map - low) / (high - low)`` puts the background (most voxels: lesions are
+    few and small) near 0 and the strongest peak at 1, a scale on which a common grid of
+    thresholds can be tuned; it keeps the ranking of the map's values.
+
+    Parameters
+    ----------
+    maps : sequence of (Z, Y, X) arrays
+        A model's maps of the validation cases, all voxels taken together.
+
+    Returns
+    -------
+    (low, high) : floats
+        The median and the largest value; ``high = low + 1`` for constant maps.
+
+    Examples
+    --------
+    >>> attention_levels([np.array([[2.0, 2.0, 2.0]]), np.array([[2.0, 6.0]])])
+    (2.0, 6.0)
+    >>> attention_levels([np.full((2, 2), 3.0)])
+    (3.0, 4.0)
+    """
+    values = np.concatenate([np.ravel(m) for m in maps])
+    low, high = float(np.median(values)), float(np.max(values))
+    return low, (high if high > low else low + 1.0)
+
+
 def fitted_detector(fits: Sequence[Any]) -> Callable[[float, int], np.ndarray]:
-    """``(threshold, case) -> points`` of fitted lesions whose amplitude is at least the threshold.
+    """``(threshold, case) -> points`` of scored detections whose score is at least the threshold.
 
     Parameters
     ----------
     fits : sequence of Detections
-        Each case's lesions from :func:`~weaklesion.detection.fit_gaussians`.
+        Each case's scored candidates: lesions from
+        :func:`~weaklesion.detection.fit_gaussians`, or any of :func:`scored_detections`.
     """
     return lambda threshold, case: fits[case].points[fits[case].scores >= threshold]
+
+
+def detection_froc(
+    found: Sequence[Detections],
+    truth: Sequence[np.ndarray],
+    match_distance: float,
+    max_fp: float = MAX_FP,
+    n_boot: int = FAUC_RESAMPLES,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """FROC of scored detections on the test cases and its normalised area (FAUC).
+
+    Every detection is ranked by its score: the curve sweeps a threshold common to all
+    cases over every distinct score (:func:`~weaklesion.metrics.froc_curve`), a hit
+    being a detection that enlarges the one-to-one matching within ``match_distance``
+    (:func:`~weaklesion.metrics.hits_by_score`).
+
+    Parameters
+    ----------
+    found : sequence of Detections
+        Each case's every candidate with its score.
+    truth : sequence of (T, D) arrays
+        True lesion centres, voxels.
+    match_distance : float
+        Largest distance of a match, voxels.
+    max_fp : float
+        Upper end of the area, false positives per case.
+    n_boot, seed
+        Bootstrap resamples of the cases for the area's 95 % interval, and their seed.
+
+    Returns
+    -------
+    dict
+        ``fauc`` (``estimate``, ``low``, ``high``: a fraction of the area), the same
+        for the FROC by rank (``fauc_by_rank``: the ``n`` best detections of every case,
+        the GP-Unet papers' protocol), ``max_fp``, and ``froc``: ``fp_per_image`` and
+        ``sensitivity`` of the curve by threshold up to its first point beyond
+        ``max_fp``.
+
+    Examples
+    --------
+    A hit scoring 0.9 and a false positive scoring 0.5: every lesion found before any
+    false positive.
+
+    >>> found = Detections([[2.0, 2.0, 2.0], [8.0, 8.0, 8.0]], [0.9, 0.5])
+    >>> result = detection_froc([found], [np.array([[2.0, 2.0, 2.0]])], 3.0, n_boot=10)
+    >>> result["fauc"]["estimate"], result["froc"]["sensitivity"]
+    (1.0, [0.0, 1.0, 1.0])
+    """
+    scores = [case.scores for case in found]
+    hits = [
+        hits_by_score(case.points, case.scores, points, match_distance)
+        for case, points in zip(found, truth, strict=True)
+    ]
+    n_truth = [len(points) for points in truth]
+    options = {"n_boot": n_boot, "seed": seed}
+    curve = froc_curve(scores, hits, n_truth)
+    beyond = np.flatnonzero(curve.fp_per_image > max_fp)
+    end = beyond[0] + 1 if len(beyond) else len(curve.fp_per_image)
+    return {
+        "fauc": froc_auc_ci(scores, hits, n_truth, max_fp, **options).to_dict(),
+        "fauc_by_rank": froc_auc_ci(
+            scores, hits, n_truth, max_fp, by_rank=True, **options
+        ).to_dict(),
+        "max_fp": max_fp,
+        "froc": {
+            "fp_per_image": curve.fp_per_image[:end].tolist(),
+            "sensitivity": curve.sensitivity[:end].tolist(),
+        },
+    }
 
 
 def tune_and_test(

@@ -28,8 +28,6 @@ from scipy import ndimage
 from weaklesion.bench.common import UnitProgress, check_settings, machine, run_unit, unit_path
 from weaklesion.bench.points.design import (
     DATA_SEED,
-    FIT_STOP,
-    MAX_LESIONS,
     MC_DROPOUT,
     METHODS,
     MODEL_CHANGES,
@@ -46,12 +44,12 @@ from weaklesion.bench.points.scores import (
     existence_calibration,
     fitted_detector,
     row_detector,
+    scored_detections,
     tune_and_test,
 )
 from weaklesion.data import load_dataset, write_phantom_dataset, zscore
 from weaklesion.data.truth import lesion_truth
 from weaklesion.demo import DEMO_CONFIG
-from weaklesion.detection import fit_gaussians
 from weaklesion.inference import predict_image
 from weaklesion.io import atomic_write
 from weaklesion.metrics import hits_by_score, segmentation_scores
@@ -226,17 +224,16 @@ def _evaluate_model(run: _Experiment, kind: str, seed: int, splits) -> dict[str,
         sigma = fit_sigma_voxels(config, validation.spacing[0])
         peak_scale = float(info["heatmap_scale"]) if kind == "heatmap" else 1.0
         result: dict[str, Any] = {"model": name, "seed": seed, "best_epoch": info["epoch"]}
-        test_fits = None
-        if kind == "heatmap":
-            test_fits = [
-                fit_gaussians(m, sigma, stop=FIT_STOP, max_lesions=MAX_LESIONS)
-                for m in maps["test"]
-            ]
+        # The test cases' scored candidates, found once per map.
+        scored = {
+            detector: scored_detections(detector, maps["test"], sigma, peak_scale)
+            for detector in {ROW_MODELS[row][1] for row in rows} & {"fit", "peaks"}
+        }
         for row in rows:
             detector = ROW_MODELS[row][1]
             detect_test = (
-                fitted_detector(test_fits)
-                if detector == "fit"
+                fitted_detector(scored[detector])
+                if detector in scored
                 else row_detector(detector, maps["test"], sigma, peak_scale)
             )
             result[row] = tune_and_test(
@@ -250,7 +247,7 @@ def _evaluate_model(run: _Experiment, kind: str, seed: int, splits) -> dict[str,
         if kind == "heatmap":
             peak_maps = [m * peak_scale for m in maps["test"]]
             threshold = result["heatmap_fit"]["threshold"]
-            result.update(_heatmap_uncertainty(test_fits, peak_maps, test, threshold, run))
+            result.update(_heatmap_uncertainty(scored["fit"], peak_maps, test, threshold, run))
         if kind == "segmentation":
             threshold = result["segmentation_cc"]["threshold"]
             result["mc_dropout"] = _mc_dropout_certainty(model, test, threshold, run, seed)
