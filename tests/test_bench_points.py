@@ -1,11 +1,13 @@
 """Experiment 2 (points vs masks): the quick run writes a complete, resumable report, and
-its detectors and scores find the planted lesions of the quick phantom, and attention
-peaks are the planted maxima."""
+its detectors and scores find the planted lesions of the quick phantom; the count row's
+attention peaks are the planted maxima, and the report of the recorded units is what
+they say."""
 
 from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,16 +15,19 @@ import pytest
 from weaklesion.bench.points import (
     METHODS,
     ROWS,
+    SETTINGS,
     THRESHOLDS,
     attention_levels,
     certainty_curve,
     detection_froc,
     existence_calibration,
     overlap_matches,
+    points_tables,
     row_detector,
     run_points,
     scored_detections,
     segmentation_scores,
+    summarise_points,
     tune_and_test,
 )
 from weaklesion.data import load_dataset
@@ -36,6 +41,7 @@ from weaklesion.uncertainty import lesion_entropy
 
 SIGMA = 1.0
 MATCH_DISTANCE = 3.0
+RECORDED = Path(__file__).parents[1] / "benchmarks" / "results" / "bench_points"
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +109,31 @@ def test_other_settings_in_the_same_folder_are_refused(quick_run):
         run_points(out, quick=False, seeds=1, methods=["heatmap_fit"], console=None)
 
 
+@pytest.mark.slow
+def test_count_row_learns_from_counts_alone_and_reports_its_fauc(quick_run):
+    out, summary = quick_run
+    training = json.loads((out / "units" / "train_counts_seed0.json").read_text())
+    config = training["config"]
+    assert (config["labels"], config["target"], config["model"]) == ("counts", "count", "gpunet")
+    assert config["count_gradient"] == "centred" and config["batch_size"] >= 2
+    assert config["model_kwargs"] == {"filters": SETTINGS["quick"].count_filters}
+    evaluation = json.loads((out / "units" / "evaluate_counts_seed0.json").read_text())
+    low, high = evaluation["attention_levels"]
+    assert high > low
+    row = evaluation["counts_peaks"]
+    assert row["threshold"] in THRESHOLDS
+    assert 0 <= row["fauc"]["low"] <= row["fauc"]["estimate"] <= row["fauc"]["high"] <= 1
+    froc = row["froc"]
+    assert froc["fp_per_image"] == sorted(froc["fp_per_image"])
+    assert froc["sensitivity"] == sorted(froc["sensitivity"])
+    assert summary["rows"]["counts_peaks"]["fauc"] == [row["fauc"]["estimate"]]
+    table = (out / "tables.md").read_text(encoding="utf-8").split("\n\n")[2].splitlines()
+    assert table[0].startswith("| method | seeds | F1 | FAUC | precision |")
+    assert table[-1].startswith("| GP-Unet from counts + attention peaks | 1 |")
+    # Rows whose evaluations give no FROC show a dash there.
+    assert table[2].split(" | ")[3] == "—"
+
+
 def _planted_attention():
     """An attention map on a constant background of 5 with five compact bumps (a centre
     of height h over the background, its 26 neighbours h / 2), and the bumps' centres
@@ -154,6 +185,13 @@ def test_attention_froc_ranks_the_peaks_by_their_value():
     assert froc["fauc_by_rank"]["estimate"] == froc["fauc"]["estimate"]  # one image
     # The rescaling changes the scores, not their order: the same curve from the raw map.
     assert detection_froc(raw, [truth], MATCH_DISTANCE, n_boot=10) == froc
+
+
+def test_report_of_the_recorded_units_is_unchanged():
+    if not (RECORDED / "tables.md").is_file():
+        pytest.skip("no recorded results next to the tests")
+    tables = "# Points vs masks\n\n" + points_tables(summarise_points(RECORDED))
+    assert tables == (RECORDED / "tables.md").read_text(encoding="utf-8")
 
 
 def test_unknown_method_is_named(tmp_path):

@@ -16,19 +16,26 @@ Models (one set per seed)
     BCE; with dropout for MC dropout, :data:`MC_DROPOUT` where the recipe has none),
     ``euclidean`` and ``geodesic`` regress ``exp(-distance / sigma)`` maps of the points,
     ``heatmap-sN`` regresses Gaussian heatmaps of width ``sigma = N`` voxels (the
-    recipe's sigma for the table; 1, 1.25 and 1.5 as transfer sources). The best
+    recipe's sigma for the table; 1, 1.25 and 1.5 as transfer sources), and
+    ``counts`` is a GP-Unet (:class:`~weaklesion.models.GPUNet`, 16 filters) that learns
+    each volume's lesion count alone, with the centred count gradient. The best
     validation epoch (``best.pt``) is evaluated.
 Table 1: detection (rows :data:`ROWS`)
     Segmentation, distance maps and heatmap cut at a threshold into connected components
     (26-connected), one detection per component at its maximum (at its centre of mass for
     the segmentation, whose points are the masks' centres of mass); heatmap with
     iterative Gaussian fitting (:func:`~weaklesion.detection.fit_gaussians`), a
-    detection per fitted lesion whose amplitude passes the threshold. The threshold of
-    every row is the one of 0.01 .. 0.99 with the best F1 on the validation cases
-    (:func:`~weaklesion.tuning.detector_sweep`). On the test cases: precision, recall and
-    F1 pooled over cases (a detection within ``match_distance`` voxels of a true centre,
-    one-to-one), and recall per lesion-size stratum
-    (:data:`~weaklesion.metrics.SIZE_STRATA`; "small" is 3-10 voxels).
+    detection per fitted lesion whose amplitude passes the threshold; the count model's
+    attention map (its class activation map) with a detection per peak after
+    non-maximum suppression whose value passes the threshold, on the scale where the
+    validation maps' median voxel is 0 and their largest value 1
+    (:func:`attention_levels`). The threshold of every row is the one of 0.01 .. 0.99
+    with the best F1 on the validation cases (:func:`~weaklesion.tuning.detector_sweep`).
+    On the test cases: precision, recall and F1 pooled over cases (a detection within
+    ``match_distance`` voxels of a true centre, one-to-one), and recall per lesion-size
+    stratum (:data:`~weaklesion.metrics.SIZE_STRATA`; "small" is 3-10 voxels); for the
+    count row also the FROC over every peak ranked by its value and its area up to
+    :data:`MAX_FP` false positives per volume (:func:`detection_froc`).
 Table 2: calibration and uncertainty
     Every lesion the Gaussian fitting finds on the test cases (amplitude above the
     fitting's stop level) with two existence probabilities: the fitted amplitude, and the
@@ -78,6 +85,7 @@ from weaklesion.bench.points.design import (
     MC_DROPOUT,
     METHODS,
     MODEL_CHANGES,
+    MODEL_KINDS,
     ROW_LABELS,
     ROW_MODELS,
     ROWS,
@@ -116,6 +124,7 @@ __all__ = [
     "MC_DROPOUT",
     "METHODS",
     "MODEL_CHANGES",
+    "MODEL_KINDS",
     "ROWS",
     "ROW_LABELS",
     "ROW_MODELS",

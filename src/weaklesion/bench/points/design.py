@@ -6,6 +6,30 @@ units (:mod:`~weaklesion.bench.points.units`), its scores
 (:mod:`~weaklesion.bench.points.report`): the rows and their model and detector, what
 each kind of model changes in the demo's recipe, the phantom's split, the thresholds
 and bins of the scores, and the full and quick sizes (:data:`SETTINGS`).
+
+The count row (``counts_peaks``) asks what image-level counts cost against points and
+masks: a GP-Unet (:class:`~weaklesion.models.GPUNet`, architecture A) learns only each
+volume's lesion count (MSE, with the package's centred count gradient, which compares
+the two volumes of the recipe's batch), and the peaks of its class activation map
+(CAM), whose voxel mean is the predicted count, are the detections: the package's
+non-maximum suppression for count runs (a box of 6 voxels, as ``weaklesion detect``
+finds them). The network has 16 filters (:attr:`PointsSettings.count_filters`), half
+the papers' 32 in 3D. On one CPU thread a training step on a batch of two 2-channel
+32 x 64 x 64 volumes took 0.73 s with 16 filters, 2.4 s with 32 and 0.34 s with 8,
+against 0.37 s for the recipe's U-Net; the centred gradient adds two passes of one
+volume (0.24 s each with 16 filters) per training volume and epoch. An epoch of the 36
+training volumes is then about 30 s against about 7 s for a U-Net row, 150 epochs
+about 75 minutes (the recorded point-trained U-Nets took 12 to 14 on average); 32
+filters would take about three times that. It has 80 k weights against the U-Net's
+351 k. With its one pooling level a voxel's output sees about 16 voxels across, more
+than the phantom's largest lesions (400 voxels, about 9 across). A CAM holds
+densities, not probabilities, on its model's own scale and with any constant its
+linear output adds: it is put on the scale where the validation maps' median voxel
+(the background) is 0 and their largest value 1
+(:func:`~weaklesion.bench.points.attention_levels`), so that the threshold, chosen on
+the validation cases among :data:`THRESHOLDS` like every other row's, keeps the peaks
+at least that fraction of the way from the background to the strongest validation
+peak; the FROC ranks every peak by its value, which this rescaling leaves in order.
 """
 
 from __future__ import annotations
@@ -16,7 +40,14 @@ from typing import Any
 
 import numpy as np
 
-ROWS = ("segmentation_cc", "euclidean_cc", "geodesic_cc", "heatmap_cc", "heatmap_fit")
+ROWS = (
+    "segmentation_cc",
+    "euclidean_cc",
+    "geodesic_cc",
+    "heatmap_cc",
+    "heatmap_fit",
+    "counts_peaks",
+)
 """Rows of Table 1: model + detector."""
 
 METHODS = (*ROWS, "transfer")
@@ -28,6 +59,7 @@ ROW_LABELS = {
     "geodesic_cc": "geodesic map + CC",
     "heatmap_cc": "heatmap + CC",
     "heatmap_fit": "heatmap + Gaussian fitting (ours)",
+    "counts_peaks": "GP-Unet from counts + attention peaks",
 }
 # Model and detector of each row; "heatmap" is the heatmap of the recipe's sigma.
 ROW_MODELS = {
@@ -36,6 +68,7 @@ ROW_MODELS = {
     "geodesic_cc": ("geodesic", "components"),
     "heatmap_cc": ("heatmap", "components"),
     "heatmap_fit": ("heatmap", "fit"),
+    "counts_peaks": ("counts", "peaks"),
 }
 DETECTORS = ("components", "components_centre", "fit", "peaks")
 # What each kind of model changes in the recipe.
@@ -44,7 +77,15 @@ MODEL_CHANGES = {
     "euclidean": {"labels": "points", "target": "euclidean"},
     "geodesic": {"labels": "points", "target": "geodesic"},
     "heatmap": {"labels": "points", "target": "heatmap"},
+    "counts": {
+        "labels": "counts",
+        "target": "count",
+        "model": "gpunet",
+        "count_gradient": "centred",
+    },
 }
+# Model kinds in the order their units run (the count model last, after the recorded ones).
+MODEL_KINDS = ("heatmap", "segmentation", "euclidean", "geodesic", "counts")
 MC_DROPOUT = 0.1  # dropout of the segmentation model when the recipe has none
 DATA_SEED = 0
 # Training and validation cases of the phantom (the split of the runs recorded so far).
@@ -80,6 +121,9 @@ class PointsSettings:
         Fractions of the training cases whose masks the transfer arms use.
     mc_samples : int
         MC-dropout passes of the segmentation model.
+    count_filters : int
+        Filters of the count row's GP-Unet (its ``model_kwargs``, in place of the
+        recipe's U-Net widths).
     """
 
     shape: tuple[int, int, int]
@@ -89,6 +133,7 @@ class PointsSettings:
     sigmas: tuple[float, ...]
     mask_fractions: tuple[float, ...]
     mc_samples: int
+    count_filters: int
 
 
 SETTINGS = {
@@ -100,6 +145,7 @@ SETTINGS = {
         sigmas=(1.0, 1.25, 1.5),
         mask_fractions=(0.01, 0.05, 0.1),
         mc_samples=10,
+        count_filters=16,
     ),
     "quick": PointsSettings(
         shape=(16, 32, 32),
@@ -109,5 +155,6 @@ SETTINGS = {
         sigmas=(1.0, 1.5),
         mask_fractions=(0.25,),
         mc_samples=2,
+        count_filters=4,
     ),
 }

@@ -24,7 +24,13 @@ from weaklesion.bench.common import (
     read_unit,
     write_text,
 )
-from weaklesion.bench.points.design import CALIBRATION_BINS, ROW_LABELS, ROWS, TRANSFER_SCORES
+from weaklesion.bench.points.design import (
+    CALIBRATION_BINS,
+    MAX_FP,
+    ROW_LABELS,
+    ROWS,
+    TRANSFER_SCORES,
+)
 from weaklesion.io import write_json
 from weaklesion.metrics import expected_calibration_error, reliability_bins
 from weaklesion.report.figures import plot_curve, plot_reliability
@@ -53,7 +59,8 @@ def summarise_points(out: str | os.PathLike) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``rows`` (per row: the per-seed values of each score, and the seeds),
+        ``rows`` (per row: the per-seed values of each score, FAUC included where the
+        row's evaluations give one, and the seeds),
         ``calibration`` (per-seed ECE of the fitted and unfitted probabilities, and the
         reliability bins pooled over seeds), ``certainty`` (accuracy of the most certain
         detections per seed for the heatmap and for MC dropout), ``transfer`` (per source
@@ -72,6 +79,8 @@ def summarise_points(out: str | os.PathLike) -> dict[str, Any]:
             entry["seeds"].append(record["seed"])
             for key in ("f1", "precision", "recall", "threshold", "validation_f1"):
                 entry.setdefault(key, []).append(result[key])
+            if "fauc" in result:
+                entry.setdefault("fauc", []).append(result["fauc"]["estimate"])
             strata = result.get("recall_by_size", {})
             for stratum, value in strata.get("recall", {}).items():
                 entry.setdefault(f"recall_{stratum}", []).append(value)
@@ -153,13 +162,19 @@ def points_tables(summary: Mapping[str, Any]) -> str:
 
 
 def _detection_table(rows: Mapping[str, Any]) -> str | None:
-    """Table 1: every row's detection scores on the test cases (None without rows)."""
+    """Table 1: every row's detection scores on the test cases (None without rows).
+
+    The FAUC column and the notes below the table appear only where a row has a FAUC
+    (the count row), so that a report without it stays as it was.
+    """
     if not rows:
         return None
+    with_fauc = any(entry.get("fauc") for entry in rows.values())
     header = [
         "method",
         "seeds",
         "F1",
+        *(["FAUC"] if with_fauc else []),
         "precision",
         "recall",
         "small-lesion recall (n)",
@@ -172,18 +187,29 @@ def _detection_table(rows: Mapping[str, Any]) -> str | None:
         entry = rows[row]
         n_small = entry.get("n_small") or [None]
         small = f"{format_mean(entry.get('recall_small', []))} ({n_small[0]})"
+        fauc = [format_mean(entry["fauc"]) if entry.get("fauc") else "—"] if with_fauc else []
         table.append(
             [
                 ROW_LABELS[row],
                 len(entry["seeds"]),
                 format_mean(entry["f1"]),
+                *fauc,
                 format_mean(entry["precision"]),
                 format_mean(entry["recall"]),
                 small,
                 format_mean(entry["threshold"]),
             ]
         )
-    return "Table 1. Detection on the test cases\n\n" + markdown_table(header, table)
+    text = "Table 1. Detection on the test cases\n\n" + markdown_table(header, table)
+    if with_fauc:
+        text += (
+            f"\n\nFAUC: normalised area under the FROC curve from 0 to {MAX_FP:g} false "
+            "positives per volume, every detection ranked by its score (— : a row whose "
+            "evaluation gives none). The count row's threshold is on its attention map "
+            "scaled so that the validation maps' median voxel is 0 and their largest "
+            "value 1."
+        )
+    return text
 
 
 def _calibration_table(calibration: Mapping[str, Any]) -> str | None:

@@ -31,6 +31,7 @@ from weaklesion.bench.points.design import (
     MC_DROPOUT,
     METHODS,
     MODEL_CHANGES,
+    MODEL_KINDS,
     ROW_MODELS,
     ROWS,
     SETTINGS,
@@ -40,7 +41,9 @@ from weaklesion.bench.points.design import (
 )
 from weaklesion.bench.points.report import points_tables, write_points_report
 from weaklesion.bench.points.scores import (
+    attention_levels,
     certainty_curve,
+    detection_froc,
     existence_calibration,
     fitted_detector,
     row_detector,
@@ -142,6 +145,9 @@ class _Experiment:
             changes["sigma"] = float(name.removeprefix("heatmap-s"))
         if kind == "segmentation" and self.recipe_dropout == 0:
             changes["model_kwargs.dropout"] = MC_DROPOUT
+        if kind == "counts":
+            # Set last, it replaces the recipe's U-Net arguments as a whole.
+            changes["model_kwargs"] = {"filters": self.settings.count_filters}
         changes.update(seed=seed, num_threads=_threads(self.quick))
         return load_config(self.recipe, changes)
 
@@ -224,6 +230,11 @@ def _evaluate_model(run: _Experiment, kind: str, seed: int, splits) -> dict[str,
         sigma = fit_sigma_voxels(config, validation.spacing[0])
         peak_scale = float(info["heatmap_scale"]) if kind == "heatmap" else 1.0
         result: dict[str, Any] = {"model": name, "seed": seed, "best_epoch": info["epoch"]}
+        if kind == "counts":
+            # Attention on the validation maps' scale: background 0, strongest peak 1.
+            low, high = attention_levels(maps["validation"])
+            maps = {key: [(m - low) / (high - low) for m in values] for key, values in maps.items()}
+            result["attention_levels"] = [low, high]
         # The test cases' scored candidates, found once per map.
         scored = {
             detector: scored_detections(detector, maps["test"], sigma, peak_scale)
@@ -244,6 +255,10 @@ def _evaluate_model(run: _Experiment, kind: str, seed: int, splits) -> dict[str,
                 test.sizes,
                 run.match_distance,
             )
+            if detector == "peaks":
+                result[row].update(
+                    detection_froc(scored[detector], test.points, run.match_distance)
+                )
         if kind == "heatmap":
             peak_maps = [m * peak_scale for m in maps["test"]]
             threshold = result["heatmap_fit"]["threshold"]
@@ -424,7 +439,7 @@ def run_points(
         ``work/``.
     quick : bool
         The tiny version (16 x 32 x 32 phantom of 8 cases, a 3-level U-Net of widths
-        4-8-16, 3 epochs) that checks the pipeline in seconds.
+        4-8-16 and a GP-Unet of 4 filters, 3 epochs) that checks the pipeline in seconds.
     seeds : int
         Training seeds 0 .. ``seeds - 1``.
     methods : list of str or None
@@ -451,7 +466,7 @@ def run_points(
     run = _prepare(out, quick)
     kinds = [
         kind
-        for kind in ("heatmap", "segmentation", "euclidean", "geodesic")
+        for kind in MODEL_KINDS
         if any(ROW_MODELS[row][0] == kind for row in chosen if row in ROWS)
     ]
     loaded: dict[str, _Split] = {}
