@@ -304,7 +304,7 @@ def test_validation_split_and_labels(phantom):
 
 
 class Oracle(torch.nn.Module):
-    """Returns the given maps in turn, as a perfect network would."""
+    """Returns the given maps in turn, one per image of a batch, as a perfect network would."""
 
     def __init__(self, maps):
         super().__init__()
@@ -312,7 +312,8 @@ class Oracle(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.zeros(()))
 
     def forward(self, x):
-        return torch.as_tensor(self.maps.pop(0))[None, None] + self.weight
+        maps = [torch.as_tensor(self.maps.pop(0))[None] for _ in range(len(x))]
+        return torch.stack(maps) + self.weight
 
 
 def test_validation_of_a_perfect_heatmap_is_f1_one(phantom):

@@ -270,7 +270,7 @@ def predict_images(
     results: list[Prediction] = []
     together = batch_size if patch_size is None else 1
     with _evaluating(model), torch.no_grad():
-        for group in _same_shape_runs(inputs, together):
+        for group in same_shape_runs(inputs, together):
             spatial = group[0].shape[2:]
             if math.prod(spatial) == 0:
                 results.extend(_empty_prediction(spatial, kind) for _ in group)
@@ -329,8 +329,19 @@ def _evaluating(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _same_shape_runs(inputs: Iterable[torch.Tensor], most: int) -> Iterator[list[torch.Tensor]]:
-    """``inputs`` in order, cut into runs of at most ``most`` neighbours of one shape."""
+def same_shape_runs(inputs: Iterable[torch.Tensor], most: int) -> Iterator[list[torch.Tensor]]:
+    """``inputs`` in order, cut into runs of at most ``most`` neighbours of one shape.
+
+    Each run is yielded as soon as it is complete, so a generator of inputs is read at
+    most one run ahead: the batches of :func:`predict_images` and of other passes over
+    many images (a count network's calibration in training).
+
+    Examples
+    --------
+    >>> runs = same_shape_runs([torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 3)], 4)
+    >>> [len(run) for run in runs]
+    [2, 1]
+    """
     group: list[torch.Tensor] = []
     for x in inputs:
         if group and x.shape != group[0].shape:

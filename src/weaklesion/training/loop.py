@@ -67,7 +67,7 @@ from torch import nn
 
 from weaklesion.config import TrainConfig, config_from_dict, save_config
 from weaklesion.data.dataset import instance_centres
-from weaklesion.inference import predict_images, predicted_count_distribution
+from weaklesion.inference import predict_images, predicted_count_distribution, same_shape_runs
 from weaklesion.io import atomic_write, json_ready, write_json
 from weaklesion.metrics import count_accuracy, count_mae
 from weaklesion.models import freeze_encoder
@@ -575,10 +575,14 @@ def _calibrate_level(
     """
     training = network.training
     network.eval()
+    images = [torch.from_numpy(case.image)[None] for case in cases]
+    # Several images per call: one at a time, a small 3D image takes PyTorch's slow
+    # convolution path on a CPU (see :func:`weaklesion.inference.predict_images`).
+    most = max(2, config.batch_size)
     with torch.no_grad():
-        pooled = [network.pooled_features(torch.from_numpy(case.image)[None]) for case in cases]
+        pooled = [network.pooled_features(torch.cat(run)) for run in same_shape_runs(images, most)]
         network.set_pooled_mean(torch.cat(pooled).mean(dim=0))
-        outputs = torch.cat([network(torch.from_numpy(case.image)[None]) for case in cases])
+        outputs = torch.cat([network(torch.cat(run)) for run in same_shape_runs(images, most)])
     network.train(training)
     counts = torch.tensor([float(case.count) for case in cases])
     network.shift_level(level_shift(outputs, counts, config.count_objective))

@@ -17,7 +17,7 @@ Models (one set per seed)
     ``euclidean`` and ``geodesic`` regress ``exp(-distance / sigma)`` maps of the points,
     ``heatmap-sN`` regresses Gaussian heatmaps of width ``sigma = N`` voxels (the
     recipe's sigma for the table; 1, 1.25 and 1.5 as transfer sources), and
-    ``counts`` is a GP-Unet (:class:`~weaklesion.models.GPUNet`, 16 filters) that learns
+    ``counts`` is a GP-Unet (:class:`~weaklesion.models.GPUNet`, 8 filters) that learns
     each volume's lesion count alone, with the centred count gradient. The best
     validation epoch (``best.pt``) is evaluated.
 Table 1: detection (rows :data:`ROWS`)

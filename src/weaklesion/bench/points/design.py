@@ -13,16 +13,15 @@ volume's lesion count (MSE, with the package's centred count gradient, which com
 the two volumes of the recipe's batch), and the peaks of its class activation map
 (CAM), whose voxel mean is the predicted count, are the detections: the package's
 non-maximum suppression for count runs (a box of 6 voxels, as ``weaklesion detect``
-finds them). The network has 16 filters (:attr:`PointsSettings.count_filters`), half
-the papers' 32 in 3D. On one CPU thread a training step on a batch of two 2-channel
-32 x 64 x 64 volumes took 0.73 s with 16 filters, 2.4 s with 32 and 0.34 s with 8,
-against 0.37 s for the recipe's U-Net; the centred gradient adds two passes of one
-volume (0.24 s each with 16 filters) per training volume and epoch. An epoch of the 36
-training volumes is then about 30 s against about 7 s for a U-Net row, 150 epochs
-about 75 minutes (the recorded point-trained U-Nets took 12 to 14 on average); 32
-filters would take about three times that. It has 80 k weights against the U-Net's
-351 k. With its one pooling level a voxel's output sees about 16 voxels across, more
-than the phantom's largest lesions (400 voxels, about 9 across). A CAM holds
+finds them). The network has 8 filters (:attr:`PointsSettings.count_filters`), a
+quarter of the papers' 32 in 3D, so that it trains with the same compute as the U-Net
+rows: on one CPU thread a training step on a batch of two 2-channel 32 x 64 x 64
+volumes took 0.34 s with 8 filters, 0.73 s with 16 and 2.4 s with 32, against 0.37 s
+for the recipe's U-Net. The centred gradient adds, after every epoch, a pass over the
+training volumes without gradients (two volumes per call). With 21 k weights against
+the U-Net's 351 k, the counts row is the smaller network at the same budget; with its
+one pooling level a voxel's output sees about 16 voxels across, more than the
+phantom's largest lesions (400 voxels, about 9 across). A CAM holds
 densities, not probabilities, on its model's own scale and with any constant its
 linear output adds: it is put on the scale where the validation maps' median voxel
 (the background) is 0 and their largest value 1
@@ -145,7 +144,7 @@ SETTINGS = {
         sigmas=(1.0, 1.25, 1.5),
         mask_fractions=(0.01, 0.05, 0.1),
         mc_samples=10,
-        count_filters=16,
+        count_filters=8,
     ),
     "quick": PointsSettings(
         shape=(16, 32, 32),
