@@ -13,8 +13,11 @@ without the digit) with one recipe per run, and records per epoch
   channel, median over channels); the relative step ``‖Δθ‖ / ‖θ‖`` of every parameter
   group over the epoch.
 
-Each run is one JSON file in ``--out`` (default ``benchmarks/results/count_training``),
-written when it finishes; a rerun skips finished runs, so the command resumes.
+Training and validation grids, and the 500 test grids, are those of ``weaklesion bench
+mnist`` (:func:`bench_grids`); the network of the best validation epoch is scored on
+the test grids (FAUC of its class activation maps, by threshold and by rank). Each run
+is one JSON file in ``--out`` (default ``benchmarks/results/count_training``), written
+when it finishes; a rerun skips finished runs, so the command resumes.
 
     python -m benchmarks.count_training --digits 4 7 --seeds 0 1 2 \\
         --recipes paper_adam density_batchnorm --epochs 30
@@ -35,11 +38,14 @@ from torch import nn
 from torch.nn import functional
 
 from weaklesion.bench.mnist import (
+    FULL,
     SPLITS,
     digit_pools,
     draw_grids,
     load_mnist_digits,
     render_grid,
+    score_attention,
+    target_cell_labels,
 )
 from weaklesion.io import write_json
 from weaklesion.models import build_model
@@ -62,6 +68,8 @@ class Recipe:
     augment: bool = False
     warmup_epochs: int = 0
     centred: bool = False
+    weight_decay: float = 0.0
+    schedule: str = "constant"
 
 
 RECIPES = {
@@ -77,6 +85,32 @@ RECIPES = {
     "density_batchnorm": Recipe(model_kwargs={"output": "density", "normalization": "batch"}),
     "density_batchnorm_poisson": Recipe(
         model_kwargs={"output": "density", "normalization": "batch"}, loss="poisson"
+    ),
+    "centred_augment": Recipe(centred=True, augment=True),
+    "density_augment": Recipe(model_kwargs={"output": "density"}, augment=True),
+    "density_batchnorm_augment": Recipe(
+        model_kwargs={"output": "density", "normalization": "batch"}, augment=True
+    ),
+    "density_poisson": Recipe(model_kwargs={"output": "density"}, loss="poisson"),
+    "density_lr1e3": Recipe(model_kwargs={"output": "density"}, lr=1e-3),
+    "density_batch16": Recipe(model_kwargs={"output": "density"}, batch_size=16),
+    "centred_batchnorm": Recipe(centred=True, model_kwargs={"normalization": "batch"}),
+    "centred_batchnorm_augment": Recipe(
+        centred=True, model_kwargs={"normalization": "batch"}, augment=True
+    ),
+    "noresidual_centred": Recipe(model="gpunet_noresidual", centred=True),
+    "centred_lr1e3": Recipe(centred=True, lr=1e-3),
+    "centred_batchnorm_cosine": Recipe(
+        centred=True, model_kwargs={"normalization": "batch"}, schedule="cosine"
+    ),
+    "centred_batchnorm_cosine_f16": Recipe(
+        centred=True, model_kwargs={"normalization": "batch", "filters": 16}, schedule="cosine"
+    ),
+    "noresidual_centred_batchnorm_cosine": Recipe(
+        model="gpunet_noresidual",
+        centred=True,
+        model_kwargs={"normalization": "batch"},
+        schedule="cosine",
     ),
 }
 
@@ -95,6 +129,47 @@ def grid_data(digit: int, seed: int = 0, images: tuple[int, int] = (400, 100)):
         grids = np.stack([render_grid(digits, c) for c in cells])[:, None]
         out[split] = (grids, (labels[cells] == digit).sum(axis=(1, 2)).astype(np.float32))
     return out
+
+
+def bench_grids(digit: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The grids of ``weaklesion bench mnist`` for one target digit, drawn in memory.
+
+    The same pools, seed and drawing as :func:`~weaklesion.bench.mnist.write_grid_dataset`
+    with the full settings, so the test images are the bench's. Returns, per split,
+    the grids ``(N, 1, 196, 140)`` uint8, their counts ``(N,)`` and the target-cell
+    labels ``(N, 196, 140)`` (0 outside target cells).
+    """
+    digits, labels = load_mnist_digits()
+    pools = digit_pools(len(labels), FULL.pool_seed)
+    rng = np.random.default_rng([FULL.pool_seed, 2, digit])
+    out = {}
+    for split, n in zip(SPLITS, FULL.images, strict=True):
+        cells = draw_grids(labels, pools[split], digit, n, FULL.grid, rng)
+        is_target = labels[cells] == digit
+        grids = np.stack([render_grid(digits, c) for c in cells])[:, None]
+        targets = np.stack([target_cell_labels(t) for t in is_target]).astype(np.int32)
+        out[split] = (grids, is_target.sum(axis=(1, 2)).astype(np.float32), targets)
+    return out
+
+
+def test_scores(model: nn.Module, x: torch.Tensor, cells: np.ndarray, n_boot: int = 200) -> dict:
+    """FAUC by threshold and by rank of the class activation maps on the test grids."""
+    model.eval()
+    with torch.no_grad():
+        maps, counts = [], []
+        for i in range(0, len(x), 20):
+            count, cam = model.predict(x[i : i + 20])
+            maps.append(cam.numpy())
+            counts.append(count.numpy())
+    model.train()
+    scored = score_attention(
+        np.concatenate(maps), cells, np.concatenate(counts).astype(np.float64), n_boot=n_boot
+    )
+    return {
+        "fauc_threshold": scored["fauc_threshold"]["estimate"],
+        "fauc_rank": scored["fauc"]["estimate"],
+        "at_count": scored["at_count"],
+    }
 
 
 def normalised(grids: np.ndarray, intensities: str) -> torch.Tensor:
@@ -274,7 +349,7 @@ def evaluate_mae(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 def run(recipe_name: str, digit: int, seed: int, epochs: int, diagnose_epochs: int) -> dict:
     """Train one count network; per-epoch losses, MAE and diagnostics."""
     recipe = RECIPES[recipe_name]
-    data = grid_data(digit)
+    data = bench_grids(digit)
     x_train = normalised(data["training"][0], recipe.intensities)
     y_train = torch.from_numpy(data["training"][1])
     x_val = normalised(data["validation"][0], recipe.intensities)
@@ -289,9 +364,14 @@ def run(recipe_name: str, digit: int, seed: int, epochs: int, diagnose_epochs: i
         model.centre_batches()
         calibrate_level(model, x_train, y_train)
     if recipe.optimizer == "adadelta":
-        optimizer = torch.optim.Adadelta(model.parameters(), lr=recipe.lr)
+        optimizer = torch.optim.Adadelta(
+            model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
+        )
     else:
-        optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+        optimizer = torch.optim.Adam(
+            model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
+        )
+    best_mae, best_state, best_epoch = math.inf, None, 0
     generator = torch.Generator().manual_seed(seed)
     probe = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(1))[:32]
     history = []
@@ -310,6 +390,10 @@ def run(recipe_name: str, digit: int, seed: int, epochs: int, diagnose_epochs: i
             x = x_train[index]
             if recipe.augment:
                 x = augmented(x, generator)
+            if recipe.schedule == "cosine":
+                fraction = (epoch * steps_per_epoch + step) / (epochs * steps_per_epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = recipe.lr * 0.5 * (1 + math.cos(math.pi * fraction))
             if recipe.warmup_epochs:
                 fraction = (epoch * steps_per_epoch + step + 1) / (
                     recipe.warmup_epochs * steps_per_epoch
@@ -329,12 +413,23 @@ def run(recipe_name: str, digit: int, seed: int, epochs: int, diagnose_epochs: i
         record["val_mae"] = evaluate_mae(model, x_val, y_val)
         record["seconds"] = time.perf_counter() - start
         history.append(record)
+        if record["val_mae"] < best_mae:
+            best_mae, best_epoch = record["val_mae"], epoch + 1
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         print(
             f"{recipe_name} digit {digit} seed {seed} epoch {epoch + 1}: loss "
             f"{record['train_loss']:.3f} val MAE {record['val_mae']:.3f} "
             f"(mean-count MAE {plateau:.3f}) {record['seconds']:.0f} s",
             flush=True,
         )
+    model.load_state_dict(best_state)
+    x_test = normalised(data["test"][0], recipe.intensities)
+    test = test_scores(model, x_test, data["test"][2])
+    print(
+        f"{recipe_name} digit {digit} seed {seed}: best epoch {best_epoch}, test FAUC "
+        f"{100 * test['fauc_threshold']:.1f} by threshold, {100 * test['fauc_rank']:.1f} by rank",
+        flush=True,
+    )
     maes = [r["val_mae"] for r in history]
     left = [r["epoch"] for r in history if r["val_mae"] < plateau / 2]
     return {
@@ -346,6 +441,8 @@ def run(recipe_name: str, digit: int, seed: int, epochs: int, diagnose_epochs: i
         "mean_count": mean_count,
         "mean_count_mae": plateau,
         "best_val_mae": min(maes),
+        "best_epoch": best_epoch,
+        "test": test,
         "first_epoch_below_half_plateau": left[0] if left else None,
         "seconds": history[-1]["seconds"],
         "threads": torch.get_num_threads(),

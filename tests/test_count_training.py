@@ -171,3 +171,26 @@ def test_counts_training_leaves_the_mean_count_within_eight_epochs(tmp_path):
     result = train(config, data, tmp_path / "run", progress=False)
     best = min(record["val_count_mae"] for record in result.history)
     assert best < 0.9 * plateau, (best, plateau)
+
+
+def test_the_recipe_study_scores_the_bench_test_grids(tmp_path):
+    """``benchmarks/count_training.py`` draws the very grids that ``bench mnist`` writes."""
+    from PIL import Image
+
+    from benchmarks.count_training import bench_grids
+
+    grids = bench_grids(3)
+    root = write_grid_dataset(tmp_path / "digit3", 3)
+    with open(root / "counts.csv", newline="") as handle:
+        counts = {row[0]: float(row[1]) for row in csv.reader(handle) if row[0] != "case"}
+    for split, (images, numbers, cells) in grids.items():
+        written = [counts[f"{split}_{i:04d}"] for i in range(len(numbers))]
+        np.testing.assert_array_equal(numbers, written)
+        for i in (0, len(numbers) - 1):
+            case = f"{split}_{i:04d}"
+            image = np.asarray(Image.open(root / "imagesTr" / f"{case}_0000.png"))
+            label = np.asarray(Image.open(root / "labelsTr" / f"{case}.png"))
+            np.testing.assert_array_equal(images[i, 0], image)
+            np.testing.assert_array_equal(cells[i] > 0, label > 0)
+            # one labelled cell per counted target
+            assert len(np.unique(cells[i][cells[i] > 0])) == numbers[i]
