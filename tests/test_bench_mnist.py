@@ -4,6 +4,7 @@ are computed from the unit files, and a converged training is not trained again.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -246,13 +247,16 @@ def test_tables_and_numbers_come_from_the_unit_files(tmp_path):
     assert numbers["average_fauc"]["gpunet/regression"]["fauc_threshold_percent"] == (
         pytest.approx(100 * average + 5)
     )
+    # Last column: the paper's Table A.5, per digit and averaged over the same digits.
+    paper = mnist.PAPER_TABLE_A5["gpunet"]
+    assert np.mean(paper) == pytest.approx(96.0, abs=0.05)  # the paper's own average
     assert (
-        f"| average | {100 * average:.1f} | {100 * average + 5:.1f} | 93.0 | 98.0 | 20.0 | 25.0 |"
-        in markdown
+        f"| average | {100 * average:.1f} | {100 * average + 5:.1f} | 93.0 | 98.0 | 20.0 | 25.0 "
+        f"| {np.mean(paper):.1f} |" in markdown
     )
     assert (
         "| 4 | 92.0 [90.0, 93.0] | 97.0 [95.0, 98.0] | 93.0 [91.0, 94.0] | 98.0 [96.0, 99.0] "
-        "| 20.0 [18.0, 21.0] | 25.0 [23.0, 26.0] |" in markdown
+        "| 20.0 [18.0, 21.0] | 25.0 [23.0, 26.0] | 97.8 |" in markdown
     )
     versus = numbers["regression_vs_classification"]["gpunet"]
     assert versus["regression_better_on"] == versus["regression_better_on_by_threshold"] == 3
@@ -260,10 +264,15 @@ def test_tables_and_numbers_come_from_the_unit_files(tmp_path):
         versus["mean_difference_points"]
     )
     # Two seeds of Grad: mean ± std over seeds, no interval.
-    assert "| Grad | regression | 65.0 ± 7.1 | 65.0 ± 7.1 | 65.0 | 70.0 | — |" in markdown
+    # The paper column averages Table A.5 over the same digits (4 and 7).
+    grad_paper = np.mean([mnist.PAPER_TABLE_A5["grad"][d] for d in (4, 7)])
     assert (
-        "| GP-Unet | regression | 92.0 [90.0, 93.0] | 93.5 [91.5, 94.5] | 92.8 | 97.8 | 96.0"
+        f"| Grad | regression | 65.0 ± 7.1 | 65.0 ± 7.1 | 65.0 | 70.0 | {grad_paper:.1f} |"
         in markdown
+    )
+    assert (
+        "| GP-Unet | regression | 92.0 [90.0, 93.0] | 93.5 [91.5, 94.5] | 92.8 | 97.8 | "
+        f"{np.mean([paper[4], paper[7]]):.1f} |" in markdown
     )
     assert "| gpunet | regression | 1 | 12.0 (12–12) | 1 | 7.0 | 6.0 |" in markdown
     summary = mnist.write_mnist_report(tmp_path)
@@ -294,3 +303,24 @@ def test_a_converged_training_is_not_trained_again(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "train", lambda *a, **k: (_ for _ in ()).throw(KeyError("ran")))
     with pytest.raises(KeyError, match="ran"):
         common.train_with_early_stopping(config, tmp_path, run_dir, 5, min_epochs=13)
+
+
+def test_normalisation_reaches_the_network_and_the_settings_keep_folders_apart(tmp_path):
+    plain = mnist._train_config("gpunet", "regression", 0, mnist.FULL)
+    batch = mnist._train_config(
+        "gpunet", "regression", 0, dataclasses.replace(mnist.FULL, normalization="batch")
+    )
+    assert plain.model_kwargs == {}
+    model = build_model(batch.model, 2, 1, 1, **batch.model_kwargs)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    # A folder written without the option (no "normalization" in settings.json) resumes
+    # without it and refuses it.
+    centred = dataclasses.replace(mnist.FULL, count_gradient="centred")
+    common.check_settings(tmp_path, mnist.settings_record(centred))
+    common.check_settings(tmp_path, mnist.settings_record(centred))
+    with pytest.raises(ValueError, match="normalization"):
+        common.check_settings(
+            tmp_path, mnist.settings_record(dataclasses.replace(centred, normalization="batch"))
+        )
+    with pytest.raises(ValueError, match="--objectives"):
+        mnist.plan_units([4], ["gpunet"], 1, objectives=["counting"])

@@ -85,6 +85,20 @@ def bench(
             "[default: plain]."
         ),
     ] = None,
+    normalization: Annotated[
+        str | None,
+        typer.Option(
+            help="mnist: normalisation inside the networks' convolution blocks, none (the "
+            "papers') or batch [default: none]."
+        ),
+    ] = None,
+    objectives: Annotated[
+        str | None,
+        typer.Option(
+            help="mnist: training objectives, regression and/or classification, "
+            "comma-separated [default: both]."
+        ),
+    ] = None,
     quick: Annotated[
         bool, typer.Option("--quick", help="A tiny version that runs in seconds (tests).")
     ] = False,
@@ -121,7 +135,17 @@ def bench(
         options["digits"] = None if targets is None else [int(value) for value in targets]
         if count_gradient is not None:
             options["count_gradient"] = count_gradient
-    elif count_gradient is not None:
-        raise ValueError(f"--count-gradient: applies to bench mnist only; got bench {experiment}")
+        if normalization is not None and normalization != "none":
+            options["normalization"] = normalization
+        if objectives is not None:
+            options["objectives"] = [o.strip() for o in objectives.split(",") if o.strip()]
+    else:
+        for name, value in (
+            ("count-gradient", count_gradient),
+            ("normalization", normalization),
+            ("objectives", objectives),
+        ):
+            if value is not None:
+                raise ValueError(f"--{name}: applies to bench mnist only; got bench {experiment}")
     _bench_runner(experiment)(out, **options)
     typer.echo(f"bench {experiment}: results in {out}")

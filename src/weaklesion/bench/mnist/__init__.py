@@ -60,6 +60,7 @@ from weaklesion.bench.mnist.design import (
     METHODS,
     OBJECTIVES,
     PAPER_FAUC,
+    PAPER_TABLE_A5,
     QUICK,
     QUICK_DIGITS,
     MnistSettings,
@@ -75,7 +76,7 @@ from weaklesion.bench.mnist.report import (
 )
 from weaklesion.bench.mnist.scores import attention_and_outputs, score_attention
 from weaklesion.bench.mnist.units import _train_config as _train_config
-from weaklesion.bench.mnist.units import default_digits, plan_units, run_mnist
+from weaklesion.bench.mnist.units import default_digits, plan_units, run_mnist, settings_record
 
 __all__ = [
     "DIGIT_SIZE",
@@ -86,6 +87,7 @@ __all__ = [
     "METHOD_NAMES",
     "OBJECTIVES",
     "PAPER_FAUC",
+    "PAPER_TABLE_A5",
     "POOL_FRACTIONS",
     "QUICK",
     "QUICK_DIGITS",
@@ -105,6 +107,7 @@ __all__ = [
     "render_grid",
     "run_mnist",
     "score_attention",
+    "settings_record",
     "target_cell_labels",
     "write_grid_dataset",
     "write_mnist_report",

@@ -63,6 +63,7 @@ def plan_units(
     methods: Sequence[str] | None,
     seeds: int,
     quick: bool = False,
+    objectives: Sequence[str] | None = None,
 ) -> list[tuple[int, str, str, int]]:
     """The evaluations to run, ``(digit, method, objective, seed)``, digits 4 and 7 first.
 
@@ -77,6 +78,8 @@ def plan_units(
         Seeds 0 .. seeds - 1.
     quick : bool
         Default digits of the quick run (see :func:`default_digits`).
+    objectives : sequence of str or None
+        Some of :data:`OBJECTIVES`; None means both.
 
     Examples
     --------
@@ -84,8 +87,18 @@ def plan_units(
     40
     >>> plan_units([3], ["grad"], 2)[:2]
     [(3, 'grad', 'regression', 0), (3, 'grad', 'regression', 1)]
+    >>> plan_units([3, 4], ["gpunet"], 1, objectives=["regression"])
+    [(4, 'gpunet', 'regression', 0), (3, 'gpunet', 'regression', 0)]
     """
     methods = list(METHODS) if methods is None else list(methods)
+    objectives = list(OBJECTIVES) if objectives is None else list(objectives)
+    for objective in objectives:
+        if objective not in OBJECTIVES:
+            raise ValueError(
+                f"--objectives: got {objective!r}; expected some of {', '.join(OBJECTIVES)}"
+            )
+    if not objectives:
+        raise ValueError("--objectives: got none; expected some of regression, classification")
     for method in methods:
         if method not in METHODS:
             raise ValueError(f"--methods: got {method!r}; expected some of {', '.join(METHODS)}")
@@ -97,7 +110,7 @@ def plan_units(
     units = []
     for method in methods:
         for digit in digits if digits is not None else default_digits(method, quick):
-            for objective in OBJECTIVES:
+            for objective in (o for o in OBJECTIVES if o in objectives):
                 units += [(digit, method, objective, seed) for seed in range(seeds)]
     first = {4: 0, 7: 1}
     return sorted(units, key=lambda u: (first.get(u[0], 2), u[0], list(METHODS).index(u[1])))
@@ -117,6 +130,9 @@ def _train_config(model: str, objective: str, seed: int, settings: MnistSettings
         num_threads=settings.threads,
         device="cpu",
         count_gradient=settings.count_gradient,
+        model_kwargs={}
+        if settings.normalization is None
+        else {"normalization": settings.normalization},
     )
 
 
@@ -241,6 +257,26 @@ def _evaluation(
     return {"kind": "evaluation", **keys, **scored, **_count_scores(outputs, counts, objective)}
 
 
+def settings_record(settings: MnistSettings) -> dict[str, Any]:
+    """What ``OUT/settings.json`` records of a run's settings; a folder holds one record.
+
+    The networks' initialisation is part of the recipe: units trained before the count
+    networks started from He initialisation are not mixed with these. Networks without
+    normalisation leave it out, as folders written before the option did.
+
+    Examples
+    --------
+    >>> "normalization" in settings_record(FULL)
+    False
+    >>> settings_record(dataclasses.replace(FULL, normalization="batch"))["normalization"]
+    'batch'
+    """
+    record = {"experiment": "mnist", "initialisation": "he", **dataclasses.asdict(settings)}
+    if settings.normalization is None:
+        del record["normalization"]
+    return record
+
+
 def run_mnist(
     out: str | os.PathLike,
     *,
@@ -249,6 +285,8 @@ def run_mnist(
     methods: Sequence[str] | None = None,
     seeds: int = 1,
     count_gradient: str | None = None,
+    normalization: str | None = None,
+    objectives: Sequence[str] | None = None,
     console=None,
 ) -> dict[str, Any]:
     """Run experiment 1 (or what is left of it) and write its report into ``out``.
@@ -274,6 +312,11 @@ def run_mnist(
     count_gradient : {"centred", "plain"} or None
         How the count networks learn (:class:`MnistSettings`); None keeps the default,
         ``"plain"``. A folder holds one or the other.
+    normalization : {"batch"} or None
+        Normalisation inside the networks' convolution blocks (:class:`MnistSettings`);
+        None gives the papers' networks, without. A folder holds one or the other.
+    objectives : sequence of str or None
+        Training objectives to run (:func:`plan_units`); None runs both.
     console : rich.console.Console or None
         Where progress is shown; None shows none.
 
@@ -287,12 +330,15 @@ def run_mnist(
     settings = QUICK if quick else FULL
     if count_gradient is not None:
         settings = dataclasses.replace(settings, count_gradient=count_gradient)
-    units = plan_units(digits, methods, seeds, quick)
+    if normalization is not None:
+        if normalization != "batch":
+            raise ValueError(f"--normalization: got {normalization!r}; expected batch or none")
+        settings = dataclasses.replace(settings, normalization=normalization)
+    units = plan_units(digits, methods, seeds, quick, objectives)
     torch.set_num_threads(settings.threads)
     # The networks' initialisation is part of the recipe: units trained before the
     # count networks started from He initialisation are not mixed with these.
-    record = {"experiment": "mnist", "initialisation": "he", **dataclasses.asdict(settings)}
-    check_settings(out, record)
+    check_settings(out, settings_record(settings))
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     (work / ".gitignore").write_text("# datasets and checkpoints, rebuilt by a rerun\n*\n")
