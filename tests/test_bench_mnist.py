@@ -310,7 +310,7 @@ def test_normalisation_reaches_the_network_and_the_settings_keep_folders_apart(t
     batch = mnist._train_config(
         "gpunet", "regression", 0, dataclasses.replace(mnist.FULL, normalization="batch")
     )
-    assert plain.model_kwargs == {}
+    assert plain.model_kwargs == {"normalization": "none"}
     model = build_model(batch.model, 2, 1, 1, **batch.model_kwargs)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     # A folder written without the option (no "normalization" in settings.json) resumes

@@ -116,7 +116,11 @@ def test_count_row_learns_from_counts_alone_and_reports_its_fauc(quick_run):
     config = training["config"]
     assert (config["labels"], config["target"], config["model"]) == ("counts", "count", "gpunet")
     assert config["count_gradient"] == "centred" and config["batch_size"] >= 2
-    assert config["model_kwargs"] == {"filters": SETTINGS["quick"].count_filters}
+    # The recorded units' network: no normalisation, whatever the count default.
+    assert config["model_kwargs"] == {
+        "filters": SETTINGS["quick"].count_filters,
+        "normalization": "none",
+    }
     evaluation = json.loads((out / "units" / "evaluate_counts_seed0.json").read_text())
     low, high = evaluation["attention_levels"]
     assert high > low

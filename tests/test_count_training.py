@@ -119,28 +119,26 @@ def _grids_and_plateau(folder, digit: int):
 
 @pytest.mark.slow
 def test_default_count_recipe_leaves_the_mean_count_where_the_plain_one_stays(tmp_path):
-    """``train`` with labels="counts" and its default recipe (lr, batch size, count
-    gradient; a small network, no augmentation, 8 epochs of 48 steps) falls well below
-    the mean-count error on 3×3 grids counting 4s; the papers' plain gradient, all else
-    equal, stays at it (measured: 0.55 and 1.00 of it; on digit 7 and another seed
-    0.86-0.89 and 1.00)."""
+    """``train`` with labels="counts" and its default recipe (lr, batch size, centred
+    count gradient, batch normalisation; a small network, no augmentation, 8 epochs of
+    48 steps) falls below the mean-count error on 3×3 grids counting 4s; the papers'
+    recipe (plain gradient, no normalisation), all else equal, stays at it.
+
+    Measured on digits 4 and 7, seeds 0-2, as fractions of the mean-count error: the
+    default 0.76-0.90, the papers' recipe 0.98-1.00, the centred gradient without
+    normalisation 0.62-0.86 (it leaves sooner on these tiny runs; on 7×5 grids its maps
+    score lower, docs/REPRODUCTION.md)."""
     data, plateau = _grids_and_plateau(tmp_path / "digit4", 4)
     best = {}
-    for gradient in ("default", "plain"):
-        options = {} if gradient == "default" else {"count_gradient": gradient}
+    papers = {"count_gradient": "plain", "model_kwargs": {"filters": 8, "normalization": "none"}}
+    for name, options in (("default", {"model_kwargs": {"filters": 8}}), ("papers", papers)):
         config = TrainConfig(
-            labels="counts",
-            model_kwargs={"filters": 8},
-            epochs=8,
-            augment=False,
-            num_threads=1,
-            device="cpu",
-            **options,
+            labels="counts", epochs=8, augment=False, num_threads=1, device="cpu", **options
         )
-        result = train(config, data, tmp_path / gradient, progress=False)
-        best[gradient] = min(record["val_count_mae"] for record in result.history)
-    assert best["default"] < 0.75 * plateau, (best, plateau)
-    assert best["plain"] > 0.95 * plateau, (best, plateau)
+        result = train(config, data, tmp_path / name, progress=False)
+        best[name] = min(record["val_count_mae"] for record in result.history)
+    assert best["default"] < 0.92 * plateau, (best, plateau)
+    assert best["papers"] > 0.97 * plateau, (best, plateau)
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from torch.nn import functional
 from weaklesion._validation import check_batch
 from weaklesion.models.unet import CONVOLUTIONS, MAX_POOLS, MEMORY_FORMATS, check_spatial_dims
 
-NORMALIZATIONS = (None, "batch")
+NORMALIZATIONS = (None, "none", "batch")
 OUTPUTS = ("linear", "density")
 POOLINGS = ("average", "max")
 _BATCH_NORMS = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
@@ -36,10 +36,13 @@ def conv_block(
     With ``normalization="batch"`` a batch normalisation sits between each convolution
     and its ReLU (the convolution then has no bias: the normalisation's shift replaces
     it). Batch statistics keep the differences between images, which the count is made
-    of; a per-image normalisation (instance or group) would remove them.
+    of; a per-image normalisation (instance or group) would remove them. ``"none"``
+    is the same as None (a name a configuration file can hold).
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization: got {normalization!r}; expected one of {NORMALIZATIONS}")
+    if normalization == "none":
+        normalization = None
     conv = CONVOLUTIONS[spatial_dims]
     layers: list[nn.Module] = []
     for index in range(convolutions):

@@ -130,9 +130,7 @@ def _train_config(model: str, objective: str, seed: int, settings: MnistSettings
         num_threads=settings.threads,
         device="cpu",
         count_gradient=settings.count_gradient,
-        model_kwargs={}
-        if settings.normalization is None
-        else {"normalization": settings.normalization},
+        model_kwargs={"normalization": settings.normalization or "none"},
     )
 
 
