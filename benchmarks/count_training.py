@@ -38,8 +38,9 @@ from torch import nn
 from torch.nn import functional
 
 from weaklesion.bench.mnist import (
-    FULL,
     SPLITS,
+    attention_and_outputs,
+    dataset_cells,
     digit_pools,
     draw_grids,
     load_mnist_digits,
@@ -140,11 +141,8 @@ def bench_grids(digit: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarra
     labels ``(N, 196, 140)`` (0 outside target cells).
     """
     digits, labels = load_mnist_digits()
-    pools = digit_pools(len(labels), FULL.pool_seed)
-    rng = np.random.default_rng([FULL.pool_seed, 2, digit])
     out = {}
-    for split, n in zip(SPLITS, FULL.images, strict=True):
-        cells = draw_grids(labels, pools[split], digit, n, FULL.grid, rng)
+    for split, cells in dataset_cells(labels, digit).items():
         is_target = labels[cells] == digit
         grids = np.stack([render_grid(digits, c) for c in cells])[:, None]
         targets = np.stack([target_cell_labels(t) for t in is_target]).astype(np.int32)
@@ -152,19 +150,14 @@ def bench_grids(digit: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarra
     return out
 
 
-def test_scores(model: nn.Module, x: torch.Tensor, cells: np.ndarray, n_boot: int = 200) -> dict:
+def test_set_scores(
+    model: nn.Module, x: torch.Tensor, cells: np.ndarray, n_boot: int = 200
+) -> dict:
     """FAUC by threshold and by rank of the class activation maps on the test grids."""
     model.eval()
-    with torch.no_grad():
-        maps, counts = [], []
-        for i in range(0, len(x), 20):
-            count, cam = model.predict(x[i : i + 20])
-            maps.append(cam.numpy())
-            counts.append(count.numpy())
+    maps, counts = attention_and_outputs(model, x.numpy(), "cam")
     model.train()
-    scored = score_attention(
-        np.concatenate(maps), cells, np.concatenate(counts).astype(np.float64), n_boot=n_boot
-    )
+    scored = score_attention(maps, cells, counts, n_boot=n_boot)
     return {
         "fauc_threshold": scored["fauc_threshold"]["estimate"],
         "fauc_rank": scored["fauc"]["estimate"],
@@ -424,7 +417,7 @@ def run(recipe_name: str, digit: int, seed: int, epochs: int, diagnose_epochs: i
         )
     model.load_state_dict(best_state)
     x_test = normalised(data["test"][0], recipe.intensities)
-    test = test_scores(model, x_test, data["test"][2])
+    test = test_set_scores(model, x_test, data["test"][2])
     print(
         f"{recipe_name} digit {digit} seed {seed}: best epoch {best_epoch}, test FAUC "
         f"{100 * test['fauc_threshold']:.1f} by threshold, {100 * test['fauc_rank']:.1f} by rank",

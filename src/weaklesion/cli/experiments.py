@@ -135,7 +135,7 @@ def bench(
         options["digits"] = None if targets is None else [int(value) for value in targets]
         if count_gradient is not None:
             options["count_gradient"] = count_gradient
-        if normalization is not None and normalization != "none":
+        if normalization is not None:
             options["normalization"] = normalization
         if objectives is not None:
             options["objectives"] = [o.strip() for o in objectives.split(",") if o.strip()]

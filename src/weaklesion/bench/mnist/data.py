@@ -161,6 +161,23 @@ def target_cell_labels(is_target: np.ndarray) -> np.ndarray:
     return np.kron(numbers, block).astype(np.uint8)
 
 
+def dataset_cells(
+    labels: np.ndarray, target: int, settings: MnistSettings = FULL
+) -> dict[str, np.ndarray]:
+    """The cells of every grid of one target digit's dataset, by split.
+
+    Digit indices ``(N, rows, columns)`` per split, drawn from the split's pool with the
+    dataset's own seed, so :func:`write_grid_dataset` and an in-memory copy draw the
+    same grids. ``labels`` are the digit classes of :func:`load_mnist_digits`.
+    """
+    pools = digit_pools(len(labels), settings.pool_seed)
+    rng = np.random.default_rng([settings.pool_seed, 2, target])
+    return {
+        name: draw_grids(labels, pools[name], target, n_images, settings.grid, rng)
+        for name, n_images in zip(SPLITS, settings.images, strict=True)
+    }
+
+
 def write_grid_dataset(
     root: str | os.PathLike, target: int, settings: MnistSettings = FULL
 ) -> Path:
@@ -179,10 +196,8 @@ def write_grid_dataset(
         return root
     digits, labels = load_mnist_digits()
     pools = digit_pools(len(labels), settings.pool_seed)
-    rng = np.random.default_rng([settings.pool_seed, 2, target])
     counts, split = {}, {}
-    for name, n_images in zip(SPLITS, settings.images, strict=True):
-        cells = draw_grids(labels, pools[name], target, n_images, settings.grid, rng)
+    for name, cells in dataset_cells(labels, target, settings).items():
         split[name] = []
         for index, grid_cells in enumerate(cells):
             case = f"{name}_{index:04d}"

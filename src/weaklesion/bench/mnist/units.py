@@ -310,9 +310,9 @@ def run_mnist(
     count_gradient : {"centred", "plain"} or None
         How the count networks learn (:class:`MnistSettings`); None keeps the default,
         ``"plain"``. A folder holds one or the other.
-    normalization : {"batch"} or None
+    normalization : {"batch", "none"} or None
         Normalisation inside the networks' convolution blocks (:class:`MnistSettings`);
-        None gives the papers' networks, without. A folder holds one or the other.
+        None or ``"none"`` gives the papers' networks, without. A folder holds one or the other.
     objectives : sequence of str or None
         Training objectives to run (:func:`plan_units`); None runs both.
     console : rich.console.Console or None
@@ -328,14 +328,12 @@ def run_mnist(
     settings = QUICK if quick else FULL
     if count_gradient is not None:
         settings = dataclasses.replace(settings, count_gradient=count_gradient)
-    if normalization is not None:
-        if normalization != "batch":
-            raise ValueError(f"--normalization: got {normalization!r}; expected batch or none")
+    if normalization not in (None, "none", "batch"):
+        raise ValueError(f"--normalization: got {normalization!r}; expected batch or none")
+    if normalization == "batch":
         settings = dataclasses.replace(settings, normalization=normalization)
     units = plan_units(digits, methods, seeds, quick, objectives)
     torch.set_num_threads(settings.threads)
-    # The networks' initialisation is part of the recipe: units trained before the
-    # count networks started from He initialisation are not mixed with these.
     check_settings(out, settings_record(settings))
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
