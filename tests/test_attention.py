@@ -347,6 +347,42 @@ def test_the_model_is_left_as_it_was(method):
         assert torch.equal(value, before[key]), key
 
 
+class _BorderCountNet(nn.Module):
+    """A count network whose map is the image plus a bump on the border that every image
+    shares (as zero padding gives): the bump moves every count alike."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+        self.register_buffer("border", torch.zeros(8, 8))
+        self.border[0, 3] = 50.0
+
+    def attention_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * x[:, 0] + self.border
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attention_map(x).mean(dim=(1, 2))
+
+
+def test_the_empty_image_reference_removes_what_every_image_shares():
+    x = torch.full((2, 1, 8, 8), -1.0)
+    x[0, 0, 5, 5], x[1, 0, 2, 6] = 4.0, 3.0
+    net = _BorderCountNet()
+    plain = attention_maps(net, x, "cam")
+    assert [divmod(int(m.argmax()), 8) for m in plain] == [(0, 3), (0, 3)]
+    relative = attention_maps(net, x, "cam", reference="empty")
+    expected = torch.zeros(2, 8, 8)
+    expected[0, 5, 5], expected[1, 2, 6] = 5.0, 4.0
+    torch.testing.assert_close(relative, expected)
+    # Every method: an empty image has nothing left against itself.
+    model = _count_model("gpunet", 2)
+    for method in METHODS:
+        empty = torch.full((1, 1, 8, 8), -0.5)
+        assert attention_maps(model, empty, method, reference="empty").abs().max() == 0
+    with pytest.raises(ValueError, match="reference: got 'mean'"):
+        attention_maps(net, x, "cam", reference="mean")
+
+
 def test_empty_batches_give_empty_maps():
     net = _count_model("gpunet_base", 3)
     for method in METHODS:
@@ -510,6 +546,31 @@ def test_predict_writes_each_attention_map_and_detect_keeps_round_count_peaks(
         values, _ = read_image(path)
         wanted = max(int(np.floor(summary["cases"][case]["count"] + 0.5)), 0)
         assert kept == min(wanted, len(detect_by_count(values, 1e9, size=3)))
+
+
+@pytest.mark.slow
+def test_predict_subtracts_the_empty_image_map_when_asked(trained, tmp_path):
+    data, run, _ = trained
+    maps = tmp_path / "maps"
+    invoke(
+        "predict", data, "--run", run, "--out", maps, "--attention", "intensity",
+        "--attention-reference", "empty",
+    )  # fmt: skip
+    summary = json.loads((maps / "predictions.json").read_text())
+    assert summary["attention_reference"] == "empty"
+    for path in sorted(maps.glob("*_intensity.*")):
+        case = path.name.split("_intensity.")[0]
+        image = zscore(load_dataset(data)[case].load().image)
+        low = image.reshape(len(image), -1).min(axis=1)
+        expected = (image - low.reshape(-1, *[1] * (image.ndim - 1))).mean(axis=0)
+        np.testing.assert_allclose(read_image(path)[0], expected, atol=1e-5)
+    result = runner.invoke(
+        app,
+        ["predict", str(data), "--run", str(run), "--out", str(tmp_path / "x"),
+         "--attention-reference", "empty"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "attention_reference: got 'empty'" in result.output
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.slow

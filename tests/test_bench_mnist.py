@@ -163,18 +163,33 @@ def test_a_weak_maximum_in_an_empty_image_costs_only_the_rank_froc():
 @pytest.mark.parametrize("method", list(mnist.METHODS))
 def test_every_method_gives_a_map_per_image_and_a_count(method):
     torch.manual_seed(0)
-    model = build_model(mnist.METHODS[method][0], spatial_dims=2, filters=2).eval()
+    network, attention, reference = mnist.METHODS[method]
+    name, options = mnist.NETWORKS[network]
+    model = build_model(name, spatial_dims=2, filters=2, **options).eval()
     images = np.random.default_rng(0).normal(size=(3, 1, 28, 56)).astype(np.float32)
-    maps, outputs = mnist.attention_and_outputs(model, images, mnist.METHODS[method][1], 2)
+    maps, outputs = mnist.attention_and_outputs(model, images, attention, 2, reference)
     assert maps.shape == (3, 28, 56) and outputs.shape == (3,)
     x = torch.from_numpy(images)
     with torch.no_grad():
         assert outputs == pytest.approx(model(x).numpy(), rel=1e-5, abs=1e-6)
-        if mnist.METHODS[method][1] == "cam":
-            cam = model.attention_map(x).clamp(min=0).numpy()
-            assert maps == pytest.approx(cam, rel=1e-5, abs=1e-6)
+        if attention == "cam":
+            cam = model.attention_map(x)
+            if reference == "empty":
+                low = x.amin(dim=(1, 2, 3), keepdim=True).expand_as(x)
+                cam = cam - model.attention_map(low)
+            assert maps == pytest.approx(cam.clamp(min=0).numpy(), rel=1e-5, abs=1e-5)
         else:
             assert (maps >= 0).all() and maps.reshape(3, -1).max(axis=1).min() > 0
+
+
+def test_the_architecture_variants_are_the_papers_options_with_the_recipe():
+    for network, options in [("gpunet_noskip", "blockwise_skips"), ("gpunet_maxpool", "pooling")]:
+        config = mnist._train_config(network, "regression", 0, mnist.FULL)
+        assert config.model == "gpunet" and options in config.model_kwargs
+        assert config.model_kwargs["normalization"] == "none"
+    assert mnist.default_digits("gpunet_noskip") == tuple(range(10))
+    assert mnist.default_digits("gpunet_noresidual_empty") == (4, 7)
+    assert {m for _, m, *_ in mnist.plan_units(None, None, 1)} == set(mnist.DEFAULT_METHODS)
 
 
 def test_plan_runs_gpunet_on_every_digit_and_the_comparison_on_four_and_seven_first():

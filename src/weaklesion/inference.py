@@ -24,7 +24,7 @@ from rich.progress import track
 from torch import nn
 
 from weaklesion._validation import check_finite
-from weaklesion.attention import METHODS, attention_maps
+from weaklesion.attention import METHODS, REFERENCES, attention_maps
 from weaklesion.counting import CountDistribution, count_distribution, count_statistics
 from weaklesion.data.dataset import CHANNEL_NAME, Case, case_id_problem, load_dataset
 from weaklesion.data.normalize import zscore
@@ -455,6 +455,30 @@ def _input_cases(inputs, spacing: Sequence[float] | None, split: str | None = No
     ]
 
 
+def _check_attention(
+    attention: str | None,
+    reference: str | None,
+    kind: str,
+    patch_size: Sequence[int] | None,
+    mc_samples: int,
+) -> None:
+    """Refuse an attention method or reference that :func:`predict_cases` cannot give."""
+    if reference not in REFERENCES or (reference and attention is None):
+        raise ValueError(
+            f"attention_reference: got {reference!r} with attention {attention!r}; "
+            "expected None, or 'empty' with an attention method"
+        )
+    if attention is None:
+        return
+    if attention not in METHODS:
+        raise ValueError(f"attention: got {attention!r}; expected one of {', '.join(METHODS)}")
+    if kind != "count" or patch_size is not None or mc_samples:
+        raise ValueError(
+            f"attention: {attention!r} maps are made by count networks on whole images; "
+            f"got a {kind!r} run, patch_size {patch_size}, mc_samples {mc_samples}"
+        )
+
+
 def predict_cases(
     run_dir: str | os.PathLike,
     inputs: str | os.PathLike | Sequence[str | os.PathLike],
@@ -468,6 +492,7 @@ def predict_cases(
     attention: str | None = None,
     split: str | None = None,
     overwrite: bool = False,
+    attention_reference: str | None = None,
 ) -> list[Path]:
     """Predict the map of every input case with a trained run and write them to a folder.
 
@@ -498,6 +523,9 @@ def predict_cases(
         For a count run, write this attention map of
         :func:`weaklesion.attention.attention_maps` (whole images, negative values set
         to 0) as ``CASE_<attention>`` instead of the signed CAM ``CASE_count``.
+    attention_reference : {None, "empty"}
+        With ``attention``: ``"empty"`` subtracts the map of each case's empty image
+        (the ``reference`` of :func:`~weaklesion.attention.attention_maps`).
     split : str, optional
         Predict only the cases of this split of the dataset (e.g. ``"test"``).
     overwrite : bool
@@ -532,14 +560,7 @@ def predict_cases(
     check_output_folder(out_dir, overwrite)
     model, config, info = load_run(run_dir, which, device_for(device))
     kind = config.target
-    if attention is not None:
-        if attention not in METHODS:
-            raise ValueError(f"attention: got {attention!r}; expected one of {', '.join(METHODS)}")
-        if kind != "count" or patch_size is not None or mc_samples:
-            raise ValueError(
-                f"attention: {attention!r} maps are made by count networks on whole images; "
-                f"got a {kind!r} run, patch_size {patch_size}, mc_samples {mc_samples}"
-            )
+    _check_attention(attention, attention_reference, kind, patch_size, mc_samples)
     cases = _input_cases(inputs, info.get("spacing"), split)
     for case in cases:
         problem = case_id_problem(case.id)
@@ -573,7 +594,8 @@ def predict_cases(
             maps = {kind: prediction.map}
             if attention is not None:
                 batch = torch.as_tensor(normalised)[None]
-                maps = {attention: attention_maps(model, batch, attention)[0].cpu().numpy()}
+                found = attention_maps(model, batch, attention, attention_reference)
+                maps = {attention: found[0].cpu().numpy()}
             if prediction.std is not None:
                 maps[f"{kind}_std"] = prediction.std
             for name, array in maps.items():
@@ -600,6 +622,8 @@ def predict_cases(
                     prediction, config.max_count
                 ).to_dict()
         record = {"kind": kind, "attention": attention, "run": str(run_dir)}
+        if attention_reference is not None:
+            record["attention_reference"] = attention_reference
         if kind == "heatmap":
             record["counts"] = {
                 "count": "mean of the Poisson-binomial distribution of the fitted lesions' "

@@ -73,7 +73,11 @@ def bench(
     ] = None,
     methods: Annotated[
         list[str] | None,
-        typer.Option(help="Methods to run, comma-separated or repeated [default: all]."),
+        typer.Option(
+            help="Methods to run, comma-separated or repeated [default: mnist the paper's "
+            "six, e.g. gpunet, gpunet_noresidual; also gpunet_noskip, gpunet_maxpool, "
+            "gpunet_empty; others all]."
+        ),
     ] = None,
     seeds: Annotated[
         int | None, typer.Option(help="Training seeds [default: mnist 1, others 3].")

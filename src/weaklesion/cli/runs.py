@@ -132,6 +132,13 @@ def predict(
             "intensity, as CASE_<method> (default: the signed CAM as CASE_count)."
         ),
     ] = None,
+    attention_reference: Annotated[
+        str | None,
+        typer.Option(
+            help="With --attention: 'empty' subtracts the map of each case's empty image "
+            "(every channel at its minimum), removing what every image's map shares."
+        ),
+    ] = None,
     split: Annotated[
         str | None,
         typer.Option(help="Predict only this split of the dataset, e.g. test [default: all]."),
@@ -160,6 +167,7 @@ def predict(
         device=device,
         progress=sys.stderr.isatty(),
         attention=attention,
+        attention_reference=attention_reference,
         split=split,
         overwrite=overwrite,
     )

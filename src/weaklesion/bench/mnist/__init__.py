@@ -56,9 +56,11 @@ from weaklesion.bench.mnist.data import (
     write_grid_dataset,
 )
 from weaklesion.bench.mnist.design import (
+    DEFAULT_METHODS,
     FULL,
     METHOD_NAMES,
     METHODS,
+    NETWORKS,
     OBJECTIVES,
     PAPER_FAUC,
     PAPER_TABLE_A5,
@@ -80,12 +82,14 @@ from weaklesion.bench.mnist.units import _train_config as _train_config
 from weaklesion.bench.mnist.units import default_digits, plan_units, run_mnist, settings_record
 
 __all__ = [
+    "DEFAULT_METHODS",
     "DIGIT_SIZE",
     "FAUCS",
     "FIGURES",
     "FULL",
     "METHODS",
     "METHOD_NAMES",
+    "NETWORKS",
     "OBJECTIVES",
     "PAPER_FAUC",
     "PAPER_TABLE_A5",

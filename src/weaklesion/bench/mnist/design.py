@@ -11,15 +11,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Attention method of each detection method, and the network it is computed on.
-METHODS = {
-    "gpunet": ("gpunet", "cam"),
-    "gpunet_noresidual": ("gpunet_noresidual", "cam"),
-    "gated_attention": ("gated_attention", "cam"),
-    "gradcam": ("gpunet_base", "gradcam"),
-    "grad": ("gpunet_base", "grad"),
-    "guided": ("gpunet_base", "guided"),
+# The networks trained: the model of ``weaklesion.models`` and its ``model_kwargs`` (the
+# recipe's normalisation is added to them). The last two are the paper's architecture
+# study (its Appendix C): GP-Unet without the blockwise skip connections, and with global
+# max pooling in place of average pooling.
+NETWORKS = {
+    "gpunet": ("gpunet", {}),
+    "gpunet_noresidual": ("gpunet_noresidual", {}),
+    "gated_attention": ("gated_attention", {}),
+    "gpunet_base": ("gpunet_base", {}),
+    "gpunet_noskip": ("gpunet", {"blockwise_skips": False}),
+    "gpunet_maxpool": ("gpunet", {"pooling": "max"}),
 }
+# Each detection method: the network it is computed on, its attention method and its
+# reference (``weaklesion.attention.attention_maps``). The first six are the paper's
+# comparison (its Table A.5) and run by default; the "_empty" methods subtract the map of
+# each grid's empty image from the same trained network's map.
+METHODS = {
+    "gpunet": ("gpunet", "cam", None),
+    "gpunet_noresidual": ("gpunet_noresidual", "cam", None),
+    "gated_attention": ("gated_attention", "cam", None),
+    "gradcam": ("gpunet_base", "gradcam", None),
+    "grad": ("gpunet_base", "grad", None),
+    "guided": ("gpunet_base", "guided", None),
+    "gpunet_noskip": ("gpunet_noskip", "cam", None),
+    "gpunet_maxpool": ("gpunet_maxpool", "cam", None),
+    "gpunet_empty": ("gpunet", "cam", "empty"),
+    "gpunet_noresidual_empty": ("gpunet_noresidual", "cam", "empty"),
+}
+DEFAULT_METHODS = ("gpunet", "gpunet_noresidual", "gated_attention", "gradcam", "grad", "guided")
 METHOD_NAMES = {
     "gpunet": "GP-Unet",
     "gpunet_noresidual": "GP-Unet no residual",
@@ -27,10 +47,15 @@ METHOD_NAMES = {
     "gradcam": "Grad-CAM",
     "grad": "Grad",
     "guided": "Guided backprop",
+    "gpunet_noskip": "GP-Unet no blockwise skips",
+    "gpunet_maxpool": "GP-Unet global max pooling",
+    "gpunet_empty": "GP-Unet − empty image",
+    "gpunet_noresidual_empty": "GP-Unet no residual − empty image",
     "random": "random maxima (chance)",
 }
 OBJECTIVES = ("regression", "classification")
-# The paper's FAUC (%) of every method on digits 0-9, regression objective (its Table A.5).
+# The paper's FAUC (%) of every method on digits 0-9, regression objective (its Table A.5
+# and, for the architecture variants, Table C.13).
 PAPER_TABLE_A5 = {
     "gpunet": (97.4, 94.4, 91.7, 97.3, 97.8, 97.1, 98.6, 89.3, 98.8, 97.6),
     "gpunet_noresidual": (99.7, 99.5, 99.3, 99.6, 99.0, 98.9, 99.9, 99.1, 99.5, 98.6),
@@ -38,6 +63,9 @@ PAPER_TABLE_A5 = {
     "gradcam": (89.2, 89.1, 87.8, 91.2, 95.0, 93.6, 98.4, 88.5, 98.2, 94.3),
     "grad": (76.1, 66.3, 61.0, 69.8, 86.4, 81.5, 89.3, 69.6, 81.3, 77.9),
     "guided": (85.8, 88.3, 81.3, 82.1, 93.5, 88.9, 97.3, 82.4, 95.2, 91.8),
+    # Its architecture study, Table C.13 (no skip: digit 7 did not converge).
+    "gpunet_noskip": (98.0, 86.9, 92.9, 97.9, 96.2, 97.6, 98.1, 0.8, 98.8, 96.9),
+    "gpunet_maxpool": (89.2, 80.0, 80.3, 88.6, 82.9, 86.1, 87.6, 56.3, 87.7, 78.4),
 }
 # Its average over the ten digits (as the paper prints it: 96.0 and 99.3), in %.
 PAPER_FAUC = {

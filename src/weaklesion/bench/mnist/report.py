@@ -266,7 +266,7 @@ def _training_table(trainings: list[dict[str, Any]], numbers: dict[str, Any]) ->
     """Table 4: the training budget used, per network and objective; fills
     ``numbers["training"]``. None without trainings."""
     rows, numbers["training"] = [], {}
-    for model in dict.fromkeys(model for model, _ in METHODS.values()):
+    for model in dict.fromkeys(network for network, *_ in METHODS.values()):
         for objective in OBJECTIVES:
             runs = [t for t in trainings if (t["model"], t["objective"]) == (model, objective)]
             if not runs:

@@ -21,17 +21,18 @@ from weaklesion.metrics import froc_auc_ci, froc_by_rank, region_hits_by_score
 
 
 def attention_and_outputs(
-    model, images: np.ndarray, method: str, batch_size: int = 20
+    model, images: np.ndarray, method: str, batch_size: int = 20, reference: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Attention maps ``(N, H, W)`` and network outputs ``(N,)`` of normalised images.
 
-    The output is the predicted count (regression) or presence logit (classification).
+    The output is the predicted count (regression) or presence logit (classification);
+    ``reference`` is passed to :func:`~weaklesion.attention.attention_maps`.
     """
 
     maps, outputs = [], []
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(images[start : start + batch_size])
-        maps.append(attention_maps(model, batch, method).numpy())
+        maps.append(attention_maps(model, batch, method, reference).numpy())
         with torch.no_grad():
             outputs.append(model(batch).reshape(-1).numpy())
     return np.concatenate(maps), np.concatenate(outputs).astype(np.float64)

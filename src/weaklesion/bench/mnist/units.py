@@ -32,8 +32,10 @@ from weaklesion.bench.common import (
 )
 from weaklesion.bench.mnist.data import write_grid_dataset
 from weaklesion.bench.mnist.design import (
+    DEFAULT_METHODS,
     FULL,
     METHODS,
+    NETWORKS,
     OBJECTIVES,
     QUICK,
     QUICK_DIGITS,
@@ -46,16 +48,19 @@ from weaklesion.data.normalize import zscore
 from weaklesion.metrics import count_accuracy, count_mae
 from weaklesion.training import TrainConfig, load_run
 
+# Networks the paper trains on all ten digits.
+ALL_DIGITS = ("gpunet", "gpunet_noskip", "gpunet_maxpool")
+
 
 def default_digits(method: str, quick: bool = False) -> tuple[int, ...]:
     """The digits a method runs on by default: all ten for GP-Unet, 4 and 7 for the rest.
 
-    As the paper reports them: GP-Unet on every digit, the comparison on 4 and 7. The
-    quick run uses :data:`QUICK_DIGITS` for every method.
+    As the paper reports them: GP-Unet and its architecture variants on every digit, the
+    comparison on 4 and 7. The quick run uses :data:`QUICK_DIGITS` for every method.
     """
     if quick:
         return QUICK_DIGITS
-    return tuple(range(10)) if method == "gpunet" else (4, 7)
+    return tuple(range(10)) if METHODS[method][0] in ALL_DIGITS else (4, 7)
 
 
 def plan_units(
@@ -73,7 +78,7 @@ def plan_units(
         Target digits for every method; None gives each method its
         :func:`default_digits`.
     methods : sequence of str or None
-        Keys of :data:`METHODS`; None means all.
+        Keys of :data:`METHODS`; None means the paper's six (:data:`DEFAULT_METHODS`).
     seeds : int
         Seeds 0 .. seeds - 1.
     quick : bool
@@ -90,7 +95,7 @@ def plan_units(
     >>> plan_units([3, 4], ["gpunet"], 1, objectives=["regression"])
     [(4, 'gpunet', 'regression', 0), (3, 'gpunet', 'regression', 0)]
     """
-    methods = list(METHODS) if methods is None else list(methods)
+    methods = list(DEFAULT_METHODS) if methods is None else list(methods)
     objectives = list(OBJECTIVES) if objectives is None else list(objectives)
     for objective in objectives:
         if objective not in OBJECTIVES:
@@ -116,8 +121,10 @@ def plan_units(
     return sorted(units, key=lambda u: (first.get(u[0], 2), u[0], list(METHODS).index(u[1])))
 
 
-def _train_config(model: str, objective: str, seed: int, settings: MnistSettings):
+def _train_config(network: str, objective: str, seed: int, settings: MnistSettings):
+    """The training of one of :data:`NETWORKS` with the run's recipe."""
 
+    model, options = NETWORKS[network]
     return TrainConfig(
         labels="counts",
         count_objective=objective,
@@ -130,7 +137,7 @@ def _train_config(model: str, objective: str, seed: int, settings: MnistSettings
         num_threads=settings.threads,
         device="cpu",
         count_gradient=settings.count_gradient,
-        model_kwargs={"normalization": settings.normalization or "none"},
+        model_kwargs={**options, "normalization": settings.normalization or "none"},
     )
 
 
@@ -246,7 +253,8 @@ def _evaluation(
     """One evaluation unit: the attention maps of a method on the test images, scored."""
     digit, method, objective, seed = key
     images, cells, counts = test.arrays()
-    maps, outputs = attention_and_outputs(model, images, METHODS[method][1])
+    _, attention, reference = METHODS[method]
+    maps, outputs = attention_and_outputs(model, images, attention, reference=reference)
     predicted = outputs if objective == "regression" else None
     scored = score_attention(
         maps, cells, predicted, settings.nms_size, settings.max_fp, settings.n_boot
@@ -304,7 +312,7 @@ def run_mnist(
         Target digits for every method; None: GP-Unet on all ten, the others on 4 and 7
         (quick: :data:`QUICK_DIGITS`).
     methods : sequence of str or None
-        Keys of :data:`METHODS`; None runs all six.
+        Keys of :data:`METHODS`; None runs the paper's six (:data:`DEFAULT_METHODS`).
     seeds : int
         Training seeds per (digit, method, objective).
     count_gradient : {"centred", "plain"} or None
