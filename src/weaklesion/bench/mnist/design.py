@@ -23,6 +23,8 @@ NETWORKS = {
     "gpunet_noskip": ("gpunet", {"blockwise_skips": False}),
     "gpunet_maxpool": ("gpunet", {"pooling": "max"}),
 }
+# The networks the paper trains on all ten digits; the others on 4 and 7.
+ALL_DIGITS = ("gpunet", "gpunet_noskip", "gpunet_maxpool")
 # Each detection method: the network it is computed on, its attention method and its
 # reference (``weaklesion.attention.attention_maps``). The first six are the paper's
 # comparison (its Table A.5) and run by default; the "_empty" methods subtract the map of

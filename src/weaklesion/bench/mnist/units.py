@@ -32,6 +32,7 @@ from weaklesion.bench.common import (
 )
 from weaklesion.bench.mnist.data import write_grid_dataset
 from weaklesion.bench.mnist.design import (
+    ALL_DIGITS,
     DEFAULT_METHODS,
     FULL,
     METHODS,
@@ -47,9 +48,6 @@ from weaklesion.data import load_dataset
 from weaklesion.data.normalize import zscore
 from weaklesion.metrics import count_accuracy, count_mae
 from weaklesion.training import TrainConfig, load_run
-
-# Networks the paper trains on all ten digits.
-ALL_DIGITS = ("gpunet", "gpunet_noskip", "gpunet_maxpool")
 
 
 def default_digits(method: str, quick: bool = False) -> tuple[int, ...]:
