@@ -236,6 +236,25 @@ def test_every_count_model_follows_the_same_multitask_schedule(count_head):
         assert ("count_nll" in logs) == (weight > 0)
 
 
+def test_the_poisson_binomial_objective_cuts_regions_at_count_threshold():
+    torch.manual_seed(0)
+    batch = _batch()
+    losses = {}
+    for threshold in (0.1, 0.6):
+        config = config_for("poisson_binomial", count_threshold=threshold, count_warmup_epochs=0)
+        torch.manual_seed(0)
+        model = build_model_for(config, in_channels=1)
+        _, logs = objective_for(config)(model, batch, 10)
+        with torch.no_grad():
+            maps = torch.sigmoid(model(batch["image"]))
+        expected = CountLoss(spatial_dims=2, threshold=threshold, max_count=3)(maps, batch["count"])
+        assert logs["count_nll"] == pytest.approx(expected.item(), rel=1e-5)
+        losses[threshold] = logs["count_nll"]
+    assert losses[0.1] != pytest.approx(losses[0.6])
+    with pytest.raises(ValueError, match=r"count_threshold: got 1\.0"):
+        config_for("poisson_binomial", count_threshold=1.0)
+
+
 @pytest.mark.parametrize("count_head", HEADS)
 def test_every_parameter_takes_part_in_a_warm_up_step(count_head):
     """At count weight 0 the head still gets a (zero) gradient, as DDP requires."""

@@ -109,6 +109,12 @@ class TrainConfig:
         Epochs over which the count weight then rises linearly to ``count_weight``.
     max_count : int
         Highest count with its own bin in the count loss (higher counts share the last).
+    count_threshold : float
+        Probability above which voxels form the candidate regions of the
+        Poisson-binomial count loss (``count_head="poisson_binomial"``), in (0, 1): the
+        paper's low threshold, 0.1, keeps weak regions; lesions joined by voxels above it
+        form one region, which the loss cannot split (its gradient reaches each region's
+        maximum only).
     count_head : {"poisson_binomial", "bottleneck", "multihead", "downstream"}
         How ``masks+counts`` training counts: the Poisson-binomial distribution of the
         map's candidate regions, or a classifier over the bins ``0 .. max_count`` on the
@@ -223,6 +229,7 @@ class TrainConfig:
     count_warmup_epochs: int = 5
     count_ramp_epochs: int = 5
     max_count: int = 4
+    count_threshold: float = 0.1
     count_head: str = "poisson_binomial"
     count_head_standardize: bool = True
     count_objective: str = "regression"
@@ -303,6 +310,10 @@ def _check_ranges(config: TrainConfig) -> None:
     for name in non_negative:
         if getattr(config, name) < 0:
             raise ValueError(f"{name}: got {getattr(config, name)!r}; expected a value >= 0")
+    if not 0 < config.count_threshold < 1:
+        raise ValueError(
+            f"count_threshold: got {config.count_threshold!r}; expected a value in (0, 1)"
+        )
     if not 0 <= config.geodesic_weight <= 1:
         raise ValueError(
             f"geodesic_weight: got {config.geodesic_weight!r}; expected a value in [0, 1]"

@@ -386,7 +386,7 @@ def _prediction(
 
 
 def predicted_count_distribution(
-    prediction: Prediction, max_count: int | None = None
+    prediction: Prediction, max_count: int | None = None, threshold: float = 0.1
 ) -> CountDistribution:
     """Count distribution of a segmentation prediction, whichever way the network counts.
 
@@ -397,6 +397,9 @@ def predicted_count_distribution(
     max_count : int or None
         Bins ``0 .. max_count``, the last one "``max_count`` or more", for the
         Poisson-binomial count (a count head has its own bins).
+    threshold : float
+        Probability above which voxels form the candidate regions of the
+        Poisson-binomial count (a run's ``count_threshold``).
 
     Returns
     -------
@@ -419,7 +422,7 @@ def predicted_count_distribution(
 
     if prediction.count_pmf is not None:
         return count_statistics(prediction.count_pmf)
-    return count_distribution(prediction.map, max_count=max_count)
+    return count_distribution(prediction.map, threshold, max_count=max_count)
 
 
 def _input_cases(inputs, spacing: Sequence[float] | None, split: str | None = None) -> list:
@@ -619,7 +622,7 @@ def predict_cases(
                 summary[case.id]["sample_counts"] = prediction.sample_counts.tolist()
             if config.labels == "masks+counts":
                 summary[case.id]["count_distribution"] = predicted_count_distribution(
-                    prediction, config.max_count
+                    prediction, config.max_count, config.count_threshold
                 ).to_dict()
         record = {"kind": kind, "attention": attention, "run": str(run_dir)}
         if attention_reference is not None:

@@ -246,7 +246,9 @@ def _count_distribution_metrics(predictions, cases, config: TrainConfig) -> dict
     for prediction, case in zip(predictions, cases, strict=True):
         # Bins 0 .. max_count, the last "or more", as in training: a count head's
         # pmf and the Poisson-binomial one are scored alike.
-        distribution = predicted_count_distribution(prediction, config.max_count)
+        distribution = predicted_count_distribution(
+            prediction, config.max_count, config.count_threshold
+        )
         pmf = np.asarray(distribution.pmf, dtype=float)
         truth = min(int(case.count), len(pmf) - 1)
         nll.append(-math.log(max(pmf[truth], 1e-12)))

@@ -185,7 +185,11 @@ def _segmentation_with_count(config: TrainConfig) -> Objective:
 
     if config.spatial_dims is None:
         raise ValueError("spatial_dims: got None; expected 2 or 3 for the count loss")
-    count_loss = CountLoss(spatial_dims=config.spatial_dims, max_count=config.max_count)
+    count_loss = CountLoss(
+        spatial_dims=config.spatial_dims,
+        threshold=config.count_threshold,
+        max_count=config.max_count,
+    )
 
     def objective(model: nn.Module, batch: Batch, epoch: int):
         output = model(batch["image"])
