@@ -187,6 +187,9 @@ def test_the_architecture_variants_are_the_papers_options_with_the_recipe():
         config = mnist._train_config(network, "regression", 0, mnist.FULL)
         assert config.model == "gpunet" and options in config.model_kwargs
         assert config.model_kwargs["normalization"] == "none"
+    centred = dataclasses.replace(mnist.FULL, count_gradient="centred")
+    for network, gradient in [("gpunet_noskip", "centred"), ("gpunet_maxpool", "plain")]:
+        assert mnist._train_config(network, "regression", 0, centred).count_gradient == gradient
     assert mnist.default_digits("gpunet_noskip") == tuple(range(10))
     assert mnist.default_digits("gpunet_noresidual_empty") == (4, 7)
     assert {m for _, m, *_ in mnist.plan_units(None, None, 1)} == set(mnist.DEFAULT_METHODS)

@@ -104,6 +104,10 @@ def test_centring_needs_batches_of_two():
     assert TrainConfig(labels="counts", batch_size=1, count_gradient="plain").batch_size == 1
     with pytest.raises(ValueError, match="linear output"):
         GPUNet(spatial_dims=2, output="density").centre_batches()
+    for kwargs in ({"pooling": "max"}, {"output": "density"}):
+        with pytest.raises(ValueError, match="count_gradient: 'centred' centres average-pooled"):
+            TrainConfig(labels="counts", model_kwargs=kwargs)
+        assert TrainConfig(labels="counts", model_kwargs=kwargs, count_gradient="plain")
 
 
 def _grids_and_plateau(folder, digit: int):

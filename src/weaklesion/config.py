@@ -345,6 +345,15 @@ def _check_ranges(config: TrainConfig) -> None:
             f"batch_size: got {config.batch_size}; the centred count gradient compares the "
             "images of a batch, expected 2 or more (or count_gradient='plain')"
         )
+    kwargs = config.model_kwargs or {}
+    if config.labels == "counts" and config.count_gradient == "centred" and (
+        kwargs.get("pooling") == "max" or kwargs.get("output") == "density"
+    ):
+        raise ValueError(
+            "count_gradient: 'centred' centres average-pooled linear features; got "
+            f"model_kwargs pooling {kwargs.get('pooling')!r}, output {kwargs.get('output')!r} "
+            "(use count_gradient='plain')"
+        )
     if config.count_head != "poisson_binomial" and config.patch_size is not None:
         raise ValueError(
             f"patch_size: a {config.count_head!r} count head counts whole images; expected none"

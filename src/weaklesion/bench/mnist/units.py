@@ -120,9 +120,14 @@ def plan_units(
 
 
 def _train_config(network: str, objective: str, seed: int, settings: MnistSettings):
-    """The training of one of :data:`NETWORKS` with the run's recipe."""
+    """The training of one of :data:`NETWORKS` with the run's recipe.
+
+    Global max pooling trains with the plain gradient: the centred one is defined for
+    average-pooled features only.
+    """
 
     model, options = NETWORKS[network]
+    gradient = "plain" if options.get("pooling") == "max" else settings.count_gradient
     return TrainConfig(
         labels="counts",
         count_objective=objective,
@@ -134,7 +139,7 @@ def _train_config(network: str, objective: str, seed: int, settings: MnistSettin
         seed=seed,
         num_threads=settings.threads,
         device="cpu",
-        count_gradient=settings.count_gradient,
+        count_gradient=gradient,
         model_kwargs={**options, "normalization": settings.normalization or "none"},
     )
 
