@@ -346,8 +346,10 @@ def _check_ranges(config: TrainConfig) -> None:
             "images of a batch, expected 2 or more (or count_gradient='plain')"
         )
     kwargs = config.model_kwargs or {}
-    if config.labels == "counts" and config.count_gradient == "centred" and (
-        kwargs.get("pooling") == "max" or kwargs.get("output") == "density"
+    if (
+        config.labels == "counts"
+        and config.count_gradient == "centred"
+        and (kwargs.get("pooling") == "max" or kwargs.get("output") == "density")
     ):
         raise ValueError(
             "count_gradient: 'centred' centres average-pooled linear features; got "
