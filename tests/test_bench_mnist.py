@@ -69,6 +69,20 @@ def test_dataset_images_labels_and_counts_agree_and_splits_share_no_digit(tmp_pa
     assert not used["validation"] & used["test"]
 
 
+def test_the_plateau_is_the_mean_count_scored_on_the_written_validation_grids(
+    tmp_path, mnist_digits
+):
+    settings = mnist.MnistSettings(grid=(2, 3), images=(8, 4, 6))
+    dataset = load_dataset(mnist.write_grid_dataset(tmp_path / "digit3", 3, settings))
+    counts = {s: np.array([c.count for c in dataset.split_cases(s)]) for s in mnist.SPLITS}
+    mean, rate = counts["training"].mean(), (counts["training"] > 0).mean()
+    mae = np.mean([abs(c - mean) for c in counts["validation"]])
+    nll = np.mean([-np.log(rate if c > 0 else 1 - rate) for c in counts["validation"]])
+    scores = mnist.constant_predictor_scores(3, settings, mnist_digits[1])
+    assert scores == pytest.approx({"count_mae": mae, "presence_nll": nll})
+    assert scores == mnist.constant_predictor_scores(3, settings)
+
+
 def brute_force_scores(maps, cells, counts, nms_size, max_fp):
     """FROC by rank and the operating point at the count, by counting hit cells directly."""
     peaks = [peak_detections(m, size=nms_size) for m in maps]
@@ -293,6 +307,29 @@ def test_tables_and_numbers_come_from_the_unit_files(tmp_path):
         f"{np.mean([paper[4], paper[7]]):.1f} |" in markdown
     )
     assert "| gpunet | regression | 1 | 12.0 (12–12) | 1 | 7.0 | 6.0 |" in markdown
+    assert "Table 5" not in markdown  # needs the folder's settings
+    settings = dict(mnist.settings_record(mnist.FULL))
+    common.write_json(tmp_path / "settings.json", settings)
+    plateau = mnist.constant_predictor_scores(4, mnist.FULL)["count_mae"]
+    for seed, best in ((1, 0.4 * plateau), (2, 0.6 * plateau)):
+        common.write_json(
+            common.unit_path(tmp_path, "train", f"digit4_gpunet_regression_seed{seed}"),
+            {"kind": "training", "digit": 4, "model": "gpunet", "objective": "regression",
+             "seed": seed, "epochs": 12, "best_epoch": 7, "stopped_early": True,
+             "train_seconds": 360.0, "best_value": best},
+        )  # fmt: skip
+    with pytest.raises(KeyError, match="best_value"):  # seed 0's unit has none
+        mnist.mnist_tables(tmp_path)
+    common.write_json(
+        common.unit_path(tmp_path, "train", "digit4_gpunet_regression_seed0"),
+        {"kind": "training", "digit": 4, "model": "gpunet", "objective": "regression", "seed": 0,
+         "epochs": 12, "best_epoch": 7, "stopped_early": True, "train_seconds": 360.0,
+         "best_value": 0.1 * plateau},
+    )  # fmt: skip
+    markdown, numbers = mnist.mnist_tables(tmp_path)
+    assert [p["left"] for p in numbers["plateau"]] == [True, True, False]
+    assert numbers["plateau"][2]["ratio"] == pytest.approx(0.6)
+    assert f"| gpunet | regression | 4 | 2 | count_mae | {0.6 * plateau:.3f} |" in markdown
     summary = mnist.write_mnist_report(tmp_path)
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))
     # One figure per digit and objective; Grad joins the regression figures of 4 and 7.

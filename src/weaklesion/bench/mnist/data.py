@@ -178,6 +178,36 @@ def dataset_cells(
     }
 
 
+def constant_predictor_scores(
+    target: int, settings: MnistSettings = FULL, labels: np.ndarray | None = None
+) -> dict[str, float]:
+    """Validation scores of a network that has learnt nothing: the plateau to leave.
+
+    A count network that predicts the mean training count for every grid, and a
+    presence classifier that predicts the training rate of grids with a target, scored
+    on the validation grids as training scores them.
+
+    ``labels`` are those of :func:`load_mnist_digits` (read when None).
+
+    Returns
+    -------
+    dict
+        ``count_mae`` (targets per grid) and ``presence_nll`` (nats; ln 2 when half the
+        grids hold a target, as here).
+    """
+    if labels is None:
+        _, labels = load_mnist_digits()
+    counts = {
+        name: (labels[cells] == target).sum(axis=(1, 2)).astype(float)
+        for name, cells in dataset_cells(labels, target, settings).items()
+    }
+    train, valid = counts["training"], counts["validation"]
+    rate = float(np.mean(train > 0))
+    present = valid > 0
+    nll = -np.mean(np.where(present, np.log(rate), np.log(1 - rate)))
+    return {"count_mae": float(np.mean(np.abs(valid - train.mean()))), "presence_nll": float(nll)}
+
+
 def write_grid_dataset(
     root: str | os.PathLike, target: int, settings: MnistSettings = FULL
 ) -> Path:

@@ -26,12 +26,14 @@ from weaklesion.bench.common import (
     read_units,
     write_text,
 )
+from weaklesion.bench.mnist.data import constant_predictor_scores, load_mnist_digits
 from weaklesion.bench.mnist.design import (
     METHOD_NAMES,
     METHODS,
     OBJECTIVES,
     PAPER_FAUC,
     PAPER_TABLE_A5,
+    MnistSettings,
 )
 from weaklesion.io import write_json
 from weaklesion.report.figures import plot_froc
@@ -311,6 +313,64 @@ def _training_table(trainings: list[dict[str, Any]], numbers: dict[str, Any]) ->
     )
 
 
+# A training has left the plateau when its best validation value is below this fraction
+# of the constant predictor's (count MAE; presence NLL).
+PLATEAU_FRACTION = {"regression": 0.5, "classification": 0.8}
+
+
+def _plateau_table(
+    trainings: list[dict[str, Any]], settings: dict[str, Any] | None, numbers: dict[str, Any]
+) -> str | None:
+    """Table 5: each training's best validation value against that of a network that
+    learnt nothing (:func:`constant_predictor_scores`); fills ``numbers["plateau"]``."""
+    if not trainings or not settings:
+        return None
+    sizes = MnistSettings(
+        grid=tuple(settings["grid"]),
+        images=tuple(settings["images"]),
+        pool_seed=settings["pool_seed"],
+    )
+    _, labels = load_mnist_digits()
+    constant = {
+        d: constant_predictor_scores(d, sizes, labels) for d in {t["digit"] for t in trainings}
+    }
+    rows, numbers["plateau"] = [], []
+    order = sorted(trainings, key=lambda t: (t["model"], t["objective"], t["digit"], t["seed"]))
+    for t in order:
+        metric = "count_mae" if t["objective"] == "regression" else "presence_nll"
+        reference = constant[t["digit"]][metric]
+        ratio = t["best_value"] / reference
+        left = bool(ratio < PLATEAU_FRACTION[t["objective"]])
+        numbers["plateau"].append(
+            {k: t[k] for k in ("digit", "model", "objective", "seed", "best_value")}
+            | {"constant": reference, "ratio": ratio, "left": left}
+        )
+        scores = [f"{t['best_value']:.3f}", f"{reference:.3f}", f"{ratio:.2f}"]
+        rows.append([t["model"], t["objective"], t["digit"], t["seed"], metric, *scores])
+        rows[-1].append("yes" if left else "no")
+    return (
+        "Table 5. The plateau: each training's best validation value against a network "
+        "that learnt nothing (the mean training count; the training rate of grids with a "
+        "target, ln 2 here). Left: ratio below "
+        f"{PLATEAU_FRACTION['regression']} (regression) or "
+        f"{PLATEAU_FRACTION['classification']} (classification).\n\n"
+        + markdown_table(
+            [
+                "network",
+                "objective",
+                "digit",
+                "seed",
+                "metric",
+                "best",
+                "constant",
+                "ratio",
+                "left",
+            ],
+            rows,
+        )
+    )
+
+
 def mnist_tables(out: str | os.PathLike) -> tuple[str, dict[str, Any]]:
     """The markdown tables of experiment 1 and their numbers, from the finished units.
 
@@ -318,11 +378,12 @@ def mnist_tables(out: str | os.PathLike) -> tuple[str, dict[str, Any]]:
     -------
     markdown : str
         Table 1 (GP-Unet on every digit), table 2 (every method on the digits the
-        comparison ran on), regression against classification, and training.
+        comparison ran on), regression against classification, training, and the
+        plateau (did each training leave it).
     numbers : dict
         ``average_fauc`` per method and objective (%, over digits, and which digits),
         ``regression_vs_classification`` per method, ``training`` per model and
-        objective, ``units`` (numbers finished).
+        objective, ``plateau`` per training, ``units`` (numbers finished).
     """
     units = read_units(out)
     evaluations = [u for u in units if u.get("kind") == "evaluation"]
@@ -334,6 +395,7 @@ def mnist_tables(out: str | os.PathLike) -> tuple[str, dict[str, Any]]:
         _methods_table(evaluations),
         _objectives_table(evaluations, numbers),
         _training_table(trainings, numbers),
+        _plateau_table(trainings, read_units_settings(out), numbers),
     ]
     numbers["units"] = {"trainings": len(trainings), "evaluations": len(evaluations)}
     return "\n\n".join(s for s in sections if s is not None) + "\n", numbers
