@@ -450,6 +450,8 @@ def _recipe_line(settings: dict[str, Any] | None) -> str:
     if not settings:
         return ""
     gradient = settings.get("count_gradient", "plain")
+    if gradient == "centred":
+        gradient += " (plain for global max pooling, which it does not apply to)"
     normalization = settings.get("normalization") or "none"
     return (
         f"Recipe: {gradient} count gradient, normalisation in the convolution blocks: "
