@@ -13,6 +13,10 @@ and scores it on the test volumes as the bench does
 - ``pb_weight0.001``: the same at a tenth of the weight;
 - ``pb_regions0.5``: the count NLL of the regions above 0.5 (``count_threshold``).
 
+The bench keeps the epoch of best validation lesion F1, on 6 validation volumes where
+ties are common and the first is kept; ``last_epoch`` scores the network of the last
+epoch the same way, a reading free of that choice.
+
 Every model's count is the mode of the Poisson-binomial distribution of its regions
 above 0.1 (the bench's reading); each record also holds the count's signed errors
 (over- and under-counts), its accuracy at every threshold 0.1–0.9, Dice and lesion F1
@@ -34,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from weaklesion.bench.common import read_unit
 from weaklesion.bench.counting import units
 from weaklesion.bench.counting.design import MAX_COUNT, SETTINGS, THRESHOLDS
 from weaklesion.io import write_json
@@ -85,12 +90,14 @@ def run(recipe: str, seed: int, work: Path) -> dict:
     run_dir = work / "runs" / f"{recipe}_seed{seed}"
     trained = units._train_unit(run_dir, config, datalist)
     key = {"method": method, "regime": "full", "seed": seed}
-    evaluation = units._evaluate_unit(run_dir, key, units._cases(datalist, "test"), settings)
+    cases = units._cases(datalist, "test")
+    evaluation = units._evaluate_unit(run_dir, key, cases, settings)
     return {
         "recipe": recipe,
         "seed": seed,
         "changes": changes,
         **scores(evaluation),
+        "last_epoch": scores(units._evaluate_unit(run_dir, key, cases, settings, "last")),
         "best_epoch": trained["best_epoch"],
         "train_seconds": trained["seconds"],
         "truth": evaluation["truth"],
@@ -114,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds:
             for recipe in args.recipes:
                 path = args.out / f"{recipe}_seed{seed}.json"
-                if path.exists():
+                if "last_epoch" in (read_unit(path) or {}):
                     continue
                 result = run(recipe, seed, work)
                 write_json(path, result)

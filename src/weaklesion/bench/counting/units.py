@@ -196,17 +196,21 @@ def _train_unit(run_dir: Path, config, datalist: Path) -> dict:
 
 
 def _evaluate_unit(
-    run_dir: Path, key: dict, cases: Sequence[_Case], settings: CountingSettings
+    run_dir: Path,
+    key: dict,
+    cases: Sequence[_Case],
+    settings: CountingSettings,
+    which: str = "best",
 ) -> dict:
     """Counts, count distributions and segmentation scores of one model on the test cases.
 
     ``key`` (method, regime, seed) is copied into the result. Every model's own count
     distribution is recorded; the segmentation model's also as components at 0.5 and
-    as MC-dropout components.
+    as MC-dropout components. ``which`` checkpoint of the run is scored.
     """
     method = key["method"]
 
-    model, _, _ = load_run(run_dir)
+    model, _, _ = load_run(run_dir, which)
     variants: dict[str, list[dict]] = {"count": []}
     if method == "segmentation":
         variants.update(cc=[], mc=[])
