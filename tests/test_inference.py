@@ -82,6 +82,23 @@ def test_count_map_of_gpunet_whole_and_tiled():
     assert tiled.map.mean() == pytest.approx(tiled.count, rel=1e-5)
 
 
+def test_a_max_pooling_gpunet_predicts_its_own_count_whole_images_only():
+    torch.manual_seed(0)
+    model = GPUNet(2, 1, filters=4, pooling="max").eval()
+    images = [random_image((1, 24, 32)), random_image((1, 24, 32)), random_image((1, 16, 16))]
+    with torch.no_grad():
+        counts = [model(torch.from_numpy(image)[None]).item() for image in images]
+    alone = [predict_image(model, image, "count") for image in images]
+    together = predict_images(model, images, "count", batch_size=2)
+    for count, one, batched in zip(counts, alone, together, strict=True):
+        assert one.count == pytest.approx(count, rel=1e-5)
+        assert batched.count == pytest.approx(count, rel=1e-5)
+        # The map is still the CAM; its mean is the average-pooled readout, not the count.
+        assert one.map.mean() != pytest.approx(count, rel=1e-3)
+    with pytest.raises(ValueError, match="global max pooling counts whole images"):
+        predict_image(model, images[0], "count", (8, 8))
+
+
 def test_mc_dropout_returns_different_samples_and_leaves_state_alone():
     torch.manual_seed(0)
     model = UNet(3, 2, 1, features=(4, 8), dropout=0.3).eval()

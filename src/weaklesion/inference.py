@@ -71,19 +71,26 @@ class Prediction:
 
 
 def _predictor(
-    model: nn.Module, kind: str, scale: float, head_pmfs: list[torch.Tensor] | None = None
+    model: nn.Module,
+    kind: str,
+    scale: float,
+    head_pmfs: list[torch.Tensor] | None = None,
+    pooled_counts: list[torch.Tensor] | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Network input ``(N, C, *window)`` → map ``(N, 1, *window)`` in user units.
 
     For GP-Unet the map is the CAM divided by the window's voxel count: a count density
     whose sum over any window is that window's predicted count, so that windows stitched
-    by :func:`~monai.inferers.sliding_window_inference` still add up. A network with a
-    count head returns ``(logits, count_logits)``; the softmax of the count logits is
-    appended to ``head_pmfs``.
+    by :func:`~monai.inferers.sliding_window_inference` still add up. With global max
+    pooling the count is no sum over the map: the network's own counts ``(N,)`` are
+    appended to ``pooled_counts``. A network with a count head returns ``(logits,
+    count_logits)``; the softmax of the count logits is appended to ``head_pmfs``.
     """
 
     def predict(x: torch.Tensor) -> torch.Tensor:
         if kind == "count":
+            if pooled_counts is not None and _max_pooled(model):
+                pooled_counts.append(model(x).reshape(-1).double().cpu())
             return model.attention_map(x).unsqueeze(1) / math.prod(x.shape[2:])
         output = model(x)
         if isinstance(output, tuple):
@@ -202,7 +209,8 @@ def predict_image(
         return _empty_prediction(spatial, kind)
 
     head_pmfs: list[torch.Tensor] = []
-    predict = _predictor(model, kind, scale, head_pmfs)
+    pooled: list[torch.Tensor] = []
+    predict = _predictor(model, kind, scale, head_pmfs, pooled)
 
     def one_pass() -> torch.Tensor:
         return _one_pass(predict, x, patch_size, overlap, blend, sw_batch_size, device)
@@ -220,7 +228,8 @@ def predict_image(
     # maps: (S, 1, 1, *spatial) → (S, *spatial)
     maps = maps.reshape(maps.shape[0], *spatial).float().numpy()
     count_pmf = torch.cat(head_pmfs).mean(0).numpy() if head_pmfs else None
-    return _prediction(maps, kind, count_pmf, sampled=mc_samples > 0)
+    pooled_counts = torch.cat(pooled).numpy() if pooled else None
+    return _prediction(maps, kind, count_pmf, mc_samples > 0, pooled_counts)
 
 
 def predict_images(
@@ -266,7 +275,8 @@ def predict_images(
     inputs = (_checked_input(model, image, kind, patch_size, overlap) for image in images)
     device = _device_of(model, device)
     head_pmfs: list[torch.Tensor] = []
-    predict = _predictor(model, kind, scale, head_pmfs)
+    pooled: list[torch.Tensor] = []
+    predict = _predictor(model, kind, scale, head_pmfs, pooled)
     results: list[Prediction] = []
     together = batch_size if patch_size is None else 1
     with _evaluating(model), torch.no_grad():
@@ -276,15 +286,22 @@ def predict_images(
                 results.extend(_empty_prediction(spatial, kind) for _ in group)
                 continue
             head_pmfs.clear()
+            pooled.clear()
             x = torch.cat(group)
             maps = _one_pass(predict, x, patch_size, overlap, blend, batch_size, device)
             maps = maps.reshape(len(group), 1, *spatial).float().numpy()
             pmfs = torch.cat(head_pmfs).numpy() if head_pmfs else None
+            counts = torch.cat(pooled).numpy()[:, None] if pooled else [None] * len(group)
             results.extend(
-                _prediction(maps[i], kind, None if pmfs is None else pmfs[i], sampled=False)
+                _prediction(maps[i], kind, None if pmfs is None else pmfs[i], False, counts[i])
                 for i in range(len(group))
             )
     return results
+
+
+def _max_pooled(model: nn.Module) -> bool:
+    """Whether a count network pools its features by their maximum (not additive)."""
+    return getattr(model, "pooling", "average") == "max"
 
 
 def _checked_input(
@@ -304,8 +321,11 @@ def _checked_input(
     check_finite(x, "image")
     if patch_size is not None and len(patch_size) != x.ndim - 1:
         raise ValueError(f"patch_size: got {tuple(patch_size)}; expected {x.ndim - 1} sizes")
-    if patch_size is not None and has_count_head(model):
-        raise ValueError("patch_size: a network with a count head counts whole images; got windows")
+    if patch_size is not None and (has_count_head(model) or _max_pooled(model)):
+        raise ValueError(
+            "patch_size: a network with a count head or global max pooling counts whole "
+            "images; got windows"
+        )
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap: got {overlap!r}; expected a fraction in [0, 1)")
     return x.to(dtype=torch.float32).unsqueeze(0).cpu()
@@ -362,14 +382,22 @@ def _empty_prediction(spatial: Sequence[int], kind: str) -> Prediction:
 
 
 def _prediction(
-    maps: np.ndarray, kind: str, count_pmf: np.ndarray | None, sampled: bool
+    maps: np.ndarray,
+    kind: str,
+    count_pmf: np.ndarray | None,
+    sampled: bool,
+    pooled_counts: np.ndarray | None = None,
 ) -> Prediction:
     """The Prediction of the network maps ``(S, *spatial)`` (in user units per voxel,
-    counts as densities); ``sampled``: the S maps are MC-dropout samples, else S is 1."""
+    counts as densities); ``sampled``: the S maps are MC-dropout samples, else S is 1.
+    ``pooled_counts`` ``(S,)``: the network's own counts, where the map does not sum to
+    them (global max pooling)."""
     spatial = maps.shape[1:]
     counts = None
     if kind in ("count", "heatmap"):
         counts = maps.reshape(len(maps), -1).sum(axis=1, dtype=np.float64)
+    if pooled_counts is not None:
+        counts = np.asarray(pooled_counts, dtype=np.float64)
     if kind == "count":
         maps = maps * math.prod(spatial)
     count = None if counts is None else float(counts.mean())
