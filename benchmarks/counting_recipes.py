@@ -42,6 +42,7 @@ from weaklesion.bench.common import read_unit
 from weaklesion.bench.counting import units
 from weaklesion.bench.counting.design import MAX_COUNT, SETTINGS, THRESHOLDS
 from weaklesion.io import write_json
+from weaklesion.metrics import count_accuracy, count_mae, f1_from_counts
 
 RESULTS = Path(__file__).parent / "results" / "counting_recipes"
 # Each recipe: the bench's method and the TrainConfig fields it changes.
@@ -58,26 +59,17 @@ def scores(evaluation: dict) -> dict:
     truth = np.minimum(np.asarray(evaluation["truth"]), MAX_COUNT)
     mode = np.array([record["mode"] for record in evaluation["variants"]["count"]])
     errors = mode - truth
-    tp, fp, fn = evaluation["lesion_tp_fp_fn"]
-    by_threshold = [
-        float(
-            np.mean(
-                [
-                    min(t["pb"][k], MAX_COUNT) == c
-                    for t, c in zip(evaluation["thresholds"], truth, strict=True)
-                ]
-            )
-        )
-        for k in range(len(THRESHOLDS))
-    ]
+    # The PB mode at each threshold, counted in the same classes.
+    modes = np.minimum([t["pb"] for t in evaluation["thresholds"]], MAX_COUNT)
+    by_threshold = [count_accuracy(modes[:, k], truth) for k in range(len(THRESHOLDS))]
     return {
-        "count_accuracy": float(np.mean(errors == 0)),
-        "count_mae": float(np.mean(np.abs(errors))),
+        "count_accuracy": count_accuracy(mode, truth),
+        "count_mae": count_mae(mode, truth),
         "over": int(np.sum(errors > 0)),
         "under": int(np.sum(errors < 0)),
         "accuracy_by_threshold": dict(zip(map(str, THRESHOLDS), by_threshold, strict=True)),
         "dice": float(evaluation["dice"]),
-        "lesion_f1": float(2 * tp / max(2 * tp + fp + fn, 1)),
+        "lesion_f1": float(f1_from_counts(*evaluation["lesion_tp_fp_fn"])),
     }
 
 

@@ -394,10 +394,10 @@ def _prediction(
     them (global max pooling)."""
     spatial = maps.shape[1:]
     counts = None
-    if kind in ("count", "heatmap"):
-        counts = maps.reshape(len(maps), -1).sum(axis=1, dtype=np.float64)
     if pooled_counts is not None:
         counts = np.asarray(pooled_counts, dtype=np.float64)
+    elif kind in ("count", "heatmap"):
+        counts = maps.reshape(len(maps), -1).sum(axis=1, dtype=np.float64)
     if kind == "count":
         maps = maps * math.prod(spatial)
     count = None if counts is None else float(counts.mean())
