@@ -11,7 +11,13 @@ and scores it on the test volumes as the bench does
 - ``pb``: masks + counts, the bench's multi-task recipe (count NLL of the regions above
   0.1 after 10 epochs of segmentation, ramped over 5 epochs to weight 0.01);
 - ``pb_weight0.001``: the same at a tenth of the weight;
-- ``pb_regions0.5``: the count NLL of the regions above 0.5 (``count_threshold``).
+- ``pb_regions0.5``: the count NLL of the regions above 0.5 (``count_threshold``);
+- ``bottleneck``, ``multihead``, ``downstream``: the bench's count heads;
+- every recipe with ``_cosine``: the learning rate annealed to 0 by cosine.
+
+``--split`` changes the volumes per count of each split (the bench's 8 / 1 / 7 give
+only 6 validation volumes, where the choice of epoch is mostly noise); every unit
+records its split, and a folder holds one split only.
 
 The bench keeps the epoch of best validation lesion F1, on 6 validation volumes where
 ties are common and the first is kept; ``last_epoch`` scores the network of the last
@@ -26,6 +32,8 @@ skips finished runs.
 
     OMP_NUM_THREADS=1 python -m benchmarks.counting_recipes --seeds 0 1 2 \\
         --recipes segmentation pb pb_regions0.5
+    OMP_NUM_THREADS=1 python -m benchmarks.counting_recipes --split 8 4 12 \\
+        --recipes segmentation_cosine pb_cosine --out benchmarks/results/counting_split8-4-12
 """
 
 from __future__ import annotations
@@ -46,11 +54,20 @@ from weaklesion.metrics import count_accuracy, count_mae, f1_from_counts
 
 RESULTS = Path(__file__).parent / "results" / "counting_recipes"
 # Each recipe: the bench's method and the TrainConfig fields it changes.
-RECIPES = {
+_BASE_RECIPES = {
     "segmentation": ("segmentation", {}),
     "pb": ("poisson_binomial", {}),
     "pb_weight0.001": ("poisson_binomial", {"count_weight": 0.001}),
     "pb_regions0.5": ("poisson_binomial", {"count_threshold": 0.5}),
+    "bottleneck": ("bottleneck", {}),
+    "multihead": ("multihead", {}),
+    "downstream": ("downstream", {}),
+}
+# The same with the learning rate annealed to 0 by cosine over the 30 epochs, so that
+# the chosen epoch and its neighbours are nearly the same network.
+RECIPES = _BASE_RECIPES | {
+    f"{name}_cosine": (method, changes | {"lr_schedule": "cosine"})
+    for name, (method, changes) in _BASE_RECIPES.items()
 }
 
 
@@ -73,13 +90,19 @@ def scores(evaluation: dict) -> dict:
     }
 
 
-def run(recipe: str, seed: int, work: Path) -> dict:
-    """Train and score one recipe and seed; ``work`` holds the data and the run folder."""
+def run(recipe: str, seed: int, work: Path, split: tuple[int, int, int] | None = None) -> dict:
+    """Train and score one recipe and seed; ``work`` holds the data and the run folder.
+
+    ``split``: training, validation and test volumes per count (the bench's by default).
+    """
     method, changes = RECIPES[recipe]
     settings = SETTINGS["full"]
-    datalist = units._write_data(work / "data", settings)
+    if split is not None:
+        settings = dataclasses.replace(settings, split_per_count=tuple(split))
+    tag = "split" + "-".join(map(str, settings.split_per_count))
+    datalist = units._write_data(work / f"data_{tag}", settings)
     config = dataclasses.replace(units._train_config(method, "full", seed, settings), **changes)
-    run_dir = work / "runs" / f"{recipe}_seed{seed}"
+    run_dir = work / f"runs_{tag}" / f"{recipe}_seed{seed}"
     trained = units._train_unit(run_dir, config, datalist)
     key = {"method": method, "regime": "full", "seed": seed}
     cases = units._cases(datalist, "test")
@@ -88,6 +111,7 @@ def run(recipe: str, seed: int, work: Path) -> dict:
         "recipe": recipe,
         "seed": seed,
         "changes": changes,
+        "split_per_count": list(settings.split_per_count),
         **scores(evaluation),
         "last_epoch": scores(units._evaluate_unit(run_dir, key, cases, settings, "last")),
         "best_epoch": trained["best_epoch"],
@@ -105,7 +129,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--work", type=Path, default=None, help="data and runs [a temporary folder]"
     )
+    parser.add_argument(
+        "--split",
+        type=int,
+        nargs=3,
+        default=list(SETTINGS["full"].split_per_count),
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="volumes per count in each split [the bench's]",
+    )
     args = parser.parse_args(argv)
+    split = tuple(args.split)
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
@@ -113,9 +146,15 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds:
             for recipe in args.recipes:
                 path = args.out / f"{recipe}_seed{seed}.json"
-                if "last_epoch" in (read_unit(path) or {}):
+                done = read_unit(path) or {}
+                made = tuple(done.get("split_per_count", SETTINGS["full"].split_per_count))
+                if done and made != split:
+                    parser.error(
+                        f"{path}: made with --split {made}, not {split}; use another --out"
+                    )
+                if "last_epoch" in done:
                     continue
-                result = run(recipe, seed, work)
+                result = run(recipe, seed, work, split)
                 write_json(path, result)
                 print(
                     f"{recipe} seed {seed}: count accuracy {result['count_accuracy']:.2f}, "
