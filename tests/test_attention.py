@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy import ndimage
 from torch import nn
 from torch.nn import functional
 from typer.testing import CliRunner
@@ -19,11 +20,12 @@ from weaklesion.attention import (
     attention_maps,
     detect_by_count,
     froc_by_peak_rank,
+    smooth_maps,
 )
 from weaklesion.cli import app
 from weaklesion.data import load_dataset
 from weaklesion.data.normalize import zscore
-from weaklesion.detection import read_detections_csv
+from weaklesion.detection import peak_detections, read_detections_csv
 from weaklesion.io import read_image
 from weaklesion.metrics import match_points
 from weaklesion.models import UNet, build_model
@@ -574,6 +576,32 @@ def test_predict_subtracts_the_empty_image_map_when_asked(trained, tmp_path):
 
 
 @pytest.mark.slow
+def test_predict_smooths_the_attention_map_when_asked(trained, tmp_path):
+    data, run, _ = trained
+    maps = tmp_path / "maps"
+    invoke(
+        "predict", data, "--run", run, "--out", maps, "--attention", "intensity",
+        "--attention-smooth", "1.5",
+    )  # fmt: skip
+    summary = json.loads((maps / "predictions.json").read_text())
+    assert summary["attention_smooth"] == 1.5
+    for path in sorted(maps.glob("*_intensity.*")):
+        case = path.name.split("_intensity.")[0]
+        image = zscore(load_dataset(data)[case].load().image)
+        expected = ndimage.gaussian_filter(
+            np.maximum(image.mean(axis=0), 0), 1.5, mode="nearest", truncate=4.0
+        )
+        np.testing.assert_allclose(read_image(path)[0], expected, atol=1e-5)
+    for extra in (["--attention-smooth", "2"], ["--attention", "cam", "--attention-smooth", "-1"]):
+        out = tmp_path / f"x{len(extra)}"
+        result = runner.invoke(
+            app, ["predict", str(data), "--run", str(run), "--out", str(out), *extra]
+        )
+        assert result.exit_code == 2 and "attention_smooth: got" in result.output
+        assert "Traceback" not in result.output and not out.exists()
+
+
+@pytest.mark.slow
 def test_detect_refuses_a_count_file_without_the_case(trained, tmp_path):
     _, _, signed = trained
     files = sorted(signed.glob("*_count.*"))
@@ -589,3 +617,34 @@ def test_detect_refuses_a_count_file_without_the_case(trained, tmp_path):
     assert result.exit_code == 2
     assert "has no predicted count" in result.output
     assert not (tmp_path / "x.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("shape", "sigma"),
+    [((2, 17, 23), 1.5), ((1, 9, 12, 14), 2.0), ((1, 9, 12, 14), (0.0, 1.0, 2.5)), ((1, 5, 7), 3)],
+)
+def test_smooth_maps_matches_scipy_gaussian_filter(shape, sigma):
+    maps = np.random.default_rng(0).random(shape).astype(np.float32)
+    got = smooth_maps(torch.from_numpy(maps), sigma).numpy()
+    sigmas = (0.0, *np.broadcast_to(sigma, (len(shape) - 1,)))
+    expected = ndimage.gaussian_filter(maps, sigmas, mode="nearest", truncate=4.0)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_smoothing_keeps_a_constant_and_merges_the_maxima_of_one_object():
+    constant = torch.full((1, 12, 12), 2.5)
+    assert torch.allclose(smooth_maps(constant, 3.0), constant)
+    # Two spikes 5 pixels apart: two maxima in a 3-pixel box, one after smoothing by 3.
+    spikes = torch.zeros(1, 32, 32)
+    spikes[0, 16, 12] = spikes[0, 16, 17] = 1.0
+    assert len(peak_detections(spikes[0].numpy(), size=3).scores) == 2
+    merged = attention_maps(None, spikes[:, None], "intensity", smooth=3.0)
+    assert len(peak_detections(merged[0].numpy(), size=3).scores) == 1
+    assert torch.allclose(merged, smooth_maps(spikes, 3.0))
+
+
+@pytest.mark.parametrize("smooth", [-1.0, float("nan"), "2", (1.0,), True])
+def test_smoothing_refuses_what_is_not_a_standard_deviation(smooth):
+    images = torch.zeros(1, 1, 8, 8)
+    with pytest.raises(ValueError, match="smooth: got"):
+        attention_maps(None, images, "intensity", smooth=smooth)

@@ -379,3 +379,61 @@ def test_normalisation_reaches_the_network_and_the_settings_keep_folders_apart(t
         )
     with pytest.raises(ValueError, match="--objectives"):
         mnist.plan_units([4], ["gpunet"], 1, objectives=["counting"])
+
+
+def _duplicated_targets(seed: int, n: int = 10):
+    """Maps whose target cells hold two maxima 6 px apart and other cells one weaker one."""
+    is_target = np.random.default_rng(seed).random((n, 2, 3)) < 0.4
+    cells = np.stack([mnist.target_cell_labels(t) for t in is_target]).astype(np.int32)
+    maps = np.zeros(cells.shape)
+    for i, r, c in zip(*np.nonzero(is_target), strict=True):
+        maps[i, 28 * r + 14, 28 * c + 11] = maps[i, 28 * r + 14, 28 * c + 17] = 1.0
+    for i, r, c in zip(*np.nonzero(~is_target), strict=True):
+        maps[i, 28 * r + 14, 28 * c + 14] = 0.4
+    return maps, cells
+
+
+def test_smoothing_is_chosen_on_the_maps_by_their_fauc_and_merges_duplicates():
+    from scipy import ndimage
+
+    maps, cells = _duplicated_targets(5)
+    sigmas = (0.0, 1.0, 3.0)
+    sigma, by_sigma = mnist.choose_smoothing(maps, cells, sigmas)
+    for s in sigmas:  # smoothed by SciPy, scored by the bench's scoring
+        smoothed = ndimage.gaussian_filter(maps, (0, s, s), mode="nearest", truncate=4.0)
+        expected = mnist.score_attention(smoothed, cells, None, n_boot=1)["fauc_threshold"]
+        assert by_sigma[str(s)] == pytest.approx(expected["estimate"], abs=1e-6)
+    assert by_sigma[str(sigma)] == max(by_sigma.values())
+    assert sigma == 3.0 and by_sigma["0.0"] < by_sigma["3.0"] == pytest.approx(1.0)
+    # One maximum per target cell: smoothing gains nothing, the first of equals is kept.
+    single = np.where(cells > 0, 0.0, maps)
+    for i, r, c in zip(*np.nonzero(cells[:, 14::28, 14::28] > 0), strict=True):
+        single[i, 28 * r + 14, 28 * c + 14] = 1.0
+    assert mnist.choose_smoothing(single, cells, (0.0, 3.0)) == (0.0, {"0.0": 1.0, "3.0": 1.0})
+
+
+@pytest.mark.slow
+def test_a_smoothed_method_applies_the_width_its_validation_grids_chose(tmp_path):
+    from scipy import ndimage
+
+    from weaklesion.bench.mnist import units
+
+    settings = dataclasses.replace(mnist.FULL, grid=(2, 3), images=(8, 12, 16), n_boot=5)
+    root = mnist.write_grid_dataset(tmp_path / "digit4", 4, settings)
+    torch.manual_seed(0)
+    model = build_model("gpunet", spatial_dims=2, filters=2).eval()
+    test = units._TestSet(root)
+    result = units._evaluation(model, test, (4, "gpunet_smooth", "regression", 0), settings)
+    val_images, val_cells, _ = test.arrays("validation")
+    val_maps, _ = mnist.attention_and_outputs(model, val_images, "cam")
+    assert (result["smooth_sigma"], result["validation_fauc_threshold_by_sigma"]) == (
+        mnist.choose_smoothing(val_maps, val_cells, mnist.SMOOTH_SIGMAS)
+    )
+    images, cells, _ = test.arrays()
+    maps, outputs = mnist.attention_and_outputs(model, images, "cam")
+    s = result["smooth_sigma"]
+    smoothed = ndimage.gaussian_filter(maps, (0, s, s), mode="nearest", truncate=4.0)
+    expected = mnist.score_attention(smoothed, cells, outputs, n_boot=5)
+    assert result["fauc_threshold"]["estimate"] == pytest.approx(
+        expected["fauc_threshold"]["estimate"], abs=1e-6
+    )

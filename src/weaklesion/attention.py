@@ -40,6 +40,13 @@ images' counts, so a part of its map that every image shares (the response to th
 padding along the borders, a constant) changes no count it is trained on, yet can hold
 the map's highest maxima; the reference removes it. It costs one more pass per batch.
 
+With ``smooth=σ`` (voxels) the non-negative map is convolved with a Gaussian of that
+standard deviation (:func:`smooth_maps`). A CAM at the input's resolution follows the
+object's shape: one digit or lesion can give several local maxima further apart than
+the non-maximum suppression box, every one but the first a false positive. Smoothing
+at about a third of the object's radius merges them into one peak and keeps the map's
+sum away from the borders (the count of a CAM is its mean).
+
 :func:`detect_by_count` keeps the ``round(count)`` highest local maxima of a map
 (non-maximum suppression, then top-n by the predicted count), and :func:`froc_by_peak_rank`
 sweeps n for an FROC curve.
@@ -48,6 +55,7 @@ sweeps n for an FROC curve.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -193,8 +201,64 @@ def empty_images(images: torch.Tensor) -> torch.Tensor:
     return lowest.reshape(*lowest.shape, *([1] * (images.ndim - 2))).expand_as(images).clone()
 
 
+def smooth_maps(maps: torch.Tensor, sigma: float | Sequence[float]) -> torch.Tensor:
+    """Gaussian smoothing of a batch of maps, separable, edges extended by their value.
+
+    Parameters
+    ----------
+    maps : (N, Y, X) or (N, Z, Y, X) float tensor
+        The maps, smoothed over the spatial axes only.
+    sigma : float or sequence of float
+        Standard deviation in voxels, one for all spatial axes or one per axis; 0 leaves
+        an axis as it is. The kernel reaches ``round(4 σ)`` voxels each side, as
+        :func:`scipy.ndimage.gaussian_filter` (``mode="nearest"``) does.
+
+    Returns
+    -------
+    tensor of the same shape, dtype and device
+        A map that is constant stays the same constant.
+
+    Raises
+    ------
+    ValueError
+        For a negative or non-finite sigma, or the wrong number of them.
+
+    Examples
+    --------
+    >>> spike = torch.zeros(1, 1, 9)
+    >>> spike[0, 0, 4] = 1.0
+    >>> smooth_maps(spike, 1.0)[0, 0, 2:7].round(decimals=3)
+    tensor([0.0540, 0.2420, 0.3990, 0.2420, 0.0540])
+    """
+    dims = maps.ndim - 1
+    sigmas = [float(sigma)] * dims if np.ndim(sigma) == 0 else [float(s) for s in sigma]
+    if len(sigmas) != dims or not all(math.isfinite(s) and s >= 0 for s in sigmas):
+        raise ValueError(
+            f"smooth: got {sigma!r}; expected a standard deviation >= 0 in voxels, one "
+            f"or one per spatial axis ({dims})"
+        )
+    out = maps
+    for axis, s in enumerate(sigmas, start=1):
+        radius = int(4.0 * s + 0.5)
+        if radius == 0:
+            continue
+        offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+        kernel = torch.exp(-0.5 * (offsets / s) ** 2)
+        kernel = (kernel / kernel.sum()).to(device=maps.device, dtype=maps.dtype)
+        moved = out.movedim(axis, -1)
+        lines = moved.reshape(-1, 1, moved.shape[-1])
+        padded = functional.pad(lines, (radius, radius), mode="replicate")
+        smoothed = functional.conv1d(padded, kernel.reshape(1, 1, -1))
+        out = smoothed.reshape(moved.shape).movedim(-1, axis)
+    return out
+
+
 def attention_maps(
-    model: nn.Module | None, images: ArrayLike, method: str = "cam", reference: str | None = None
+    model: nn.Module | None,
+    images: ArrayLike,
+    method: str = "cam",
+    reference: str | None = None,
+    smooth: float | Sequence[float] = 0.0,
 ) -> torch.Tensor:
     """Attention maps of a batch of images, one per image, at the input's size.
 
@@ -217,6 +281,9 @@ def attention_maps(
         ``"empty"`` subtracts the same method's map of each image's
         :func:`empty_images` before negative values are set to zero (see the module
         notes); None subtracts nothing.
+    smooth : float or sequence of float
+        Standard deviation (voxels, one or one per spatial axis) of a Gaussian applied
+        to the non-negative map (:func:`smooth_maps`); 0 leaves it as it is.
 
     Returns
     -------
@@ -253,6 +320,7 @@ def attention_maps(
         raise ValueError(f"method: got {method!r}; expected one of {', '.join(METHODS)}")
     if reference not in REFERENCES:
         raise ValueError(f"reference: got {reference!r}; expected None or 'empty'")
+    check_smooth(smooth)
     x = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
     if x.ndim not in (4, 5):
         raise ValueError(
@@ -284,7 +352,19 @@ def attention_maps(
     finally:
         if model is not None:
             model.train(was_training)
-    return maps.detach().clamp(min=0)
+    maps = maps.detach().clamp(min=0)
+    return maps if not np.any(np.asarray(smooth)) else smooth_maps(maps, smooth)
+
+
+def check_smooth(smooth: float | Sequence[float]) -> None:
+    """Refuse a smoothing that is not one or more finite standard deviations >= 0."""
+    values = np.asarray(smooth, dtype=object).reshape(-1)
+    ok = values.size > 0 and all(
+        isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+        for v in values
+    )
+    if not ok:
+        raise ValueError(f"smooth: got {smooth!r}; expected a standard deviation >= 0 in voxels")
 
 
 def detect_by_count(map: ArrayLike, count: float, size: int | Sequence[int] = 6) -> Detections:

@@ -24,7 +24,7 @@ from rich.progress import track
 from torch import nn
 
 from weaklesion._validation import check_finite
-from weaklesion.attention import METHODS, REFERENCES, attention_maps
+from weaklesion.attention import METHODS, REFERENCES, attention_maps, check_smooth
 from weaklesion.counting import CountDistribution, count_distribution, count_statistics
 from weaklesion.data.dataset import CHANNEL_NAME, Case, case_id_problem, load_dataset
 from weaklesion.data.normalize import zscore
@@ -492,12 +492,24 @@ def _check_attention(
     kind: str,
     patch_size: Sequence[int] | None,
     mc_samples: int,
+    smooth: float = 0.0,
 ) -> None:
-    """Refuse an attention method or reference that :func:`predict_cases` cannot give."""
+    """Refuse an attention method, reference or smoothing that :func:`predict_cases` cannot give."""
     if reference not in REFERENCES or (reference and attention is None):
         raise ValueError(
             f"attention_reference: got {reference!r} with attention {attention!r}; "
             "expected None, or 'empty' with an attention method"
+        )
+    try:
+        check_smooth(smooth)
+    except ValueError:
+        raise ValueError(
+            f"attention_smooth: got {smooth!r}; expected a standard deviation >= 0 in voxels"
+        ) from None
+    if smooth and attention is None:
+        raise ValueError(
+            f"attention_smooth: got {smooth!r} without an attention method; "
+            "expected 0, or an attention method with it"
         )
     if attention is None:
         return
@@ -524,6 +536,7 @@ def predict_cases(
     split: str | None = None,
     overwrite: bool = False,
     attention_reference: str | None = None,
+    attention_smooth: float = 0.0,
 ) -> list[Path]:
     """Predict the map of every input case with a trained run and write them to a folder.
 
@@ -557,6 +570,9 @@ def predict_cases(
     attention_reference : {None, "empty"}
         With ``attention``: ``"empty"`` subtracts the map of each case's empty image
         (the ``reference`` of :func:`~weaklesion.attention.attention_maps`).
+    attention_smooth : float
+        With ``attention``: standard deviation (voxels) of a Gaussian applied to the
+        map (the ``smooth`` of :func:`~weaklesion.attention.attention_maps`); 0 for none.
     split : str, optional
         Predict only the cases of this split of the dataset (e.g. ``"test"``).
     overwrite : bool
@@ -591,7 +607,7 @@ def predict_cases(
     check_output_folder(out_dir, overwrite)
     model, config, info = load_run(run_dir, which, device_for(device))
     kind = config.target
-    _check_attention(attention, attention_reference, kind, patch_size, mc_samples)
+    _check_attention(attention, attention_reference, kind, patch_size, mc_samples, attention_smooth)
     cases = _input_cases(inputs, info.get("spacing"), split)
     for case in cases:
         problem = case_id_problem(case.id)
@@ -625,7 +641,9 @@ def predict_cases(
             maps = {kind: prediction.map}
             if attention is not None:
                 batch = torch.as_tensor(normalised)[None]
-                found = attention_maps(model, batch, attention, attention_reference)
+                found = attention_maps(
+                    model, batch, attention, attention_reference, attention_smooth
+                )
                 maps = {attention: found[0].cpu().numpy()}
             if prediction.std is not None:
                 maps[f"{kind}_std"] = prediction.std
@@ -655,6 +673,8 @@ def predict_cases(
         record = {"kind": kind, "attention": attention, "run": str(run_dir)}
         if attention_reference is not None:
             record["attention_reference"] = attention_reference
+        if attention_smooth:
+            record["attention_smooth"] = attention_smooth
         if kind == "heatmap":
             record["counts"] = {
                 "count": "mean of the Poisson-binomial distribution of the fitted lesions' "

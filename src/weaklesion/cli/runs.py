@@ -139,6 +139,13 @@ def predict(
             "(every channel at its minimum), removing what every image's map shares."
         ),
     ] = None,
+    attention_smooth: Annotated[
+        float,
+        typer.Option(
+            help="With --attention: standard deviation (voxels) of a Gaussian applied to the "
+            "map, so that one object gives one peak (0: none)."
+        ),
+    ] = 0.0,
     split: Annotated[
         str | None,
         typer.Option(help="Predict only this split of the dataset, e.g. test [default: all]."),
@@ -168,6 +175,7 @@ def predict(
         progress=sys.stderr.isatty(),
         attention=attention,
         attention_reference=attention_reference,
+        attention_smooth=attention_smooth,
         split=split,
         overwrite=overwrite,
     )

@@ -67,6 +67,8 @@ from weaklesion.bench.mnist.design import (
     PAPER_TABLE_A5,
     QUICK,
     QUICK_DIGITS,
+    SMOOTH_SIGMAS,
+    SMOOTHED,
     MnistSettings,
 )
 from weaklesion.bench.mnist.report import (
@@ -78,7 +80,7 @@ from weaklesion.bench.mnist.report import (
     read_units_settings,
     write_mnist_report,
 )
-from weaklesion.bench.mnist.scores import attention_and_outputs, score_attention
+from weaklesion.bench.mnist.scores import attention_and_outputs, choose_smoothing, score_attention
 from weaklesion.bench.mnist.units import _train_config as _train_config
 from weaklesion.bench.mnist.units import default_digits, plan_units, run_mnist, settings_record
 
@@ -98,10 +100,13 @@ __all__ = [
     "QUICK",
     "QUICK_DIGITS",
     "REPORT",
+    "SMOOTHED",
+    "SMOOTH_SIGMAS",
     "SPLITS",
     "SUMMARY",
     "MnistSettings",
     "attention_and_outputs",
+    "choose_smoothing",
     "constant_predictor_scores",
     "dataset_cells",
     "default_digits",

@@ -28,7 +28,9 @@ ALL_DIGITS = ("gpunet", "gpunet_noskip", "gpunet_maxpool")
 # Each detection method: the network it is computed on, its attention method and its
 # reference (``weaklesion.attention.attention_maps``). The first six are the paper's
 # comparison (its Table A.5) and run by default; the "_empty" methods subtract the map of
-# each grid's empty image from the same trained network's map.
+# each grid's empty image from the same trained network's map; the "_smooth" methods
+# (:data:`SMOOTHED`) smooth the map with a Gaussian whose width is chosen on the
+# validation grids.
 METHODS = {
     "gpunet": ("gpunet", "cam", None),
     "gpunet_noresidual": ("gpunet_noresidual", "cam", None),
@@ -40,7 +42,15 @@ METHODS = {
     "gpunet_maxpool": ("gpunet_maxpool", "cam", None),
     "gpunet_empty": ("gpunet", "cam", "empty"),
     "gpunet_noresidual_empty": ("gpunet_noresidual", "cam", "empty"),
+    "gpunet_smooth": ("gpunet", "cam", None),
+    "gpunet_noresidual_empty_smooth": ("gpunet_noresidual", "cam", "empty"),
 }
+# Methods whose maps are smoothed (``attention_maps(..., smooth=σ)``), and the σ (pixels)
+# they choose from: the one with the highest FAUC by threshold on the digit's validation
+# grids (the first of equals). Not in the paper: its maps go to the non-maximum
+# suppression as they are.
+SMOOTH_SIGMAS = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0)
+SMOOTHED = ("gpunet_smooth", "gpunet_noresidual_empty_smooth")
 DEFAULT_METHODS = ("gpunet", "gpunet_noresidual", "gated_attention", "gradcam", "grad", "guided")
 METHOD_NAMES = {
     "gpunet": "GP-Unet",
@@ -53,6 +63,8 @@ METHOD_NAMES = {
     "gpunet_maxpool": "GP-Unet global max pooling",
     "gpunet_empty": "GP-Unet − empty image",
     "gpunet_noresidual_empty": "GP-Unet no residual − empty image",
+    "gpunet_smooth": "GP-Unet, smoothed",
+    "gpunet_noresidual_empty_smooth": "GP-Unet no residual − empty image, smoothed",
     "random": "random maxima (chance)",
 }
 OBJECTIVES = ("regression", "classification")

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from weaklesion.attention import smooth_maps
 from weaklesion.bench.common import (
     UnitProgress,
     check_settings,
@@ -40,10 +41,12 @@ from weaklesion.bench.mnist.design import (
     OBJECTIVES,
     QUICK,
     QUICK_DIGITS,
+    SMOOTH_SIGMAS,
+    SMOOTHED,
     MnistSettings,
 )
 from weaklesion.bench.mnist.report import write_mnist_report
-from weaklesion.bench.mnist.scores import attention_and_outputs, score_attention
+from weaklesion.bench.mnist.scores import attention_and_outputs, choose_smoothing, score_attention
 from weaklesion.data import load_dataset
 from weaklesion.data.normalize import zscore
 from weaklesion.metrics import count_accuracy, count_mae
@@ -144,13 +147,13 @@ def _train_config(network: str, objective: str, seed: int, settings: MnistSettin
     )
 
 
-def _test_cases(data_root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Normalised test images ``(N, 1, H, W)``, target-cell labels ``(N, H, W)``, counts ``(N,)``.
+def _test_cases(data_root: Path, split: str = "test") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Normalised images ``(N, 1, H, W)``, target-cell labels ``(N, H, W)``, counts ``(N,)``.
 
-    The images are normalised as the training loop normalises them (z-score).
+    The images of ``split`` are normalised as the training loop normalises them (z-score).
     """
 
-    cases = load_dataset(data_root).split_cases("test")
+    cases = load_dataset(data_root).split_cases(split)
     arrays = [case.load() for case in cases]
     images = np.stack([zscore(a.image) for a in arrays])
     cells = np.stack([a.mask for a in arrays]).astype(np.int32)
@@ -180,12 +183,12 @@ class _TestSet:
 
     def __init__(self, root: Path):
         self.root = root
-        self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if self._arrays is None:
-            self._arrays = _test_cases(self.root)
-        return self._arrays
+    def arrays(self, split: str = "test") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if split not in self._arrays:
+            self._arrays[split] = _test_cases(self.root, split)
+        return self._arrays[split]
 
 
 def _chance_unit(out: Path, digit: int, test: _TestSet, settings: MnistSettings) -> None:
@@ -258,12 +261,27 @@ def _evaluation(
     images, cells, counts = test.arrays()
     _, attention, reference = METHODS[method]
     maps, outputs = attention_and_outputs(model, images, attention, reference=reference)
+    smoothing: dict[str, Any] = {}
+    if method in SMOOTHED:
+        val_images, val_cells, _ = test.arrays("validation")
+        val_maps, _ = attention_and_outputs(model, val_images, attention, reference=reference)
+        sigma, by_sigma = choose_smoothing(
+            val_maps, val_cells, SMOOTH_SIGMAS, settings.nms_size, settings.max_fp
+        )
+        maps = smooth_maps(torch.from_numpy(maps), sigma).numpy() if sigma else maps
+        smoothing = {"smooth_sigma": sigma, "validation_fauc_threshold_by_sigma": by_sigma}
     predicted = outputs if objective == "regression" else None
     scored = score_attention(
         maps, cells, predicted, settings.nms_size, settings.max_fp, settings.n_boot
     )
     keys = {"digit": digit, "method": method, "objective": objective, "seed": seed}
-    return {"kind": "evaluation", **keys, **scored, **_count_scores(outputs, counts, objective)}
+    return {
+        "kind": "evaluation",
+        **keys,
+        **scored,
+        **_count_scores(outputs, counts, objective),
+        **smoothing,
+    }
 
 
 def settings_record(settings: MnistSettings) -> dict[str, Any]:
