@@ -49,7 +49,7 @@ METHODS = {
 # they choose from: the one with the highest FAUC by threshold on the digit's validation
 # grids (the first of equals). Not in the paper: its maps go to the non-maximum
 # suppression as they are.
-SMOOTH_SIGMAS = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0)
+SMOOTH_SIGMAS = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)
 SMOOTHED = ("gpunet_smooth", "gpunet_noresidual_empty_smooth")
 DEFAULT_METHODS = ("gpunet", "gpunet_noresidual", "gated_attention", "gradcam", "grad", "guided")
 METHOD_NAMES = {
