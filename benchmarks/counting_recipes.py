@@ -121,6 +121,52 @@ def run(recipe: str, seed: int, work: Path, split: tuple[int, int, int] | None =
     }
 
 
+def summary_table(out: Path) -> str:
+    """Markdown table of every recipe in ``out``: mean ± std over its seeds, and the
+    differences to the segmentation-only recipe of the same schedule and seed."""
+    units = [read_unit(path) for path in sorted(out.glob("*_seed*.json"))]
+    by_recipe: dict[str, dict[int, dict]] = {}
+    for unit in units:
+        by_recipe.setdefault(unit["recipe"], {})[unit["seed"]] = unit
+
+    def cell(values: list[float], digits: int = 2, sign: str = "") -> str:
+        if not values:
+            return "—"
+        if len(values) == 1:
+            return f"{values[0]:{sign}.{digits}f}"
+        return f"{np.mean(values):{sign}.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+    rows = []
+    for recipe, seeds in by_recipe.items():
+        base = "segmentation_cosine" if recipe.endswith("_cosine") else "segmentation"
+        pairs = [(u, by_recipe.get(base, {}).get(s)) for s, u in sorted(seeds.items())]
+        pairs = [(u, b) for u, b in pairs if b is not None]
+        rows.append(
+            [
+                recipe,
+                ", ".join(map(str, sorted(seeds))),
+                cell([u["count_accuracy"] for u in seeds.values()]),
+                cell([u["count_mae"] for u in seeds.values()]),
+                cell([u["lesion_f1"] for u in seeds.values()], 3),
+                "—"
+                if recipe == base
+                else cell([u["lesion_f1"] - b["lesion_f1"] for u, b in pairs], 3, "+"),
+                "—"
+                if recipe == base
+                else cell([u["count_accuracy"] - b["count_accuracy"] for u, b in pairs], 2, "+"),
+                cell([u["last_epoch"]["count_accuracy"] for u in seeds.values()]),
+                cell([u["last_epoch"]["lesion_f1"] for u in seeds.values()], 3),
+                cell([u["train_seconds"] / 60 for u in seeds.values()], 1),
+            ]
+        )
+    header = [
+        "recipe", "seeds", "count acc.", "count MAE", "lesion F1", "F1 − segmentation",
+        "acc. − segmentation", "last epoch: count acc.", "last: lesion F1", "train min",
+    ]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return "\n".join([*lines, *("| " + " | ".join(map(str, row)) + " |" for row in rows)])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -137,7 +183,13 @@ def main(argv: list[str] | None = None) -> None:
         metavar=("TRAIN", "VAL", "TEST"),
         help="volumes per count in each split [the bench's]",
     )
+    parser.add_argument(
+        "--summary", action="store_true", help="print the table of --out's units and stop"
+    )
     args = parser.parse_args(argv)
+    if args.summary:
+        print(summary_table(args.out))
+        return
     split = tuple(args.split)
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
