@@ -123,7 +123,11 @@ def run(recipe: str, seed: int, work: Path, split: tuple[int, int, int] | None =
 
 def summary_table(out: Path) -> str:
     """Markdown table of every recipe in ``out``: mean ± std over its seeds, and the
-    differences to the segmentation-only recipe of the same schedule and seed."""
+    differences to the segmentation-only recipe of the same schedule and seed.
+
+    Counts are classes 0–4 ("4 or more"); "classes predicted" is how many of the five
+    the recipe's counts use on the test volumes (a model stuck on the most frequent
+    class uses one)."""
     units = [read_unit(path) for path in sorted(out.glob("*_seed*.json"))]
     by_recipe: dict[str, dict[int, dict]] = {}
     for unit in units:
@@ -147,6 +151,7 @@ def summary_table(out: Path) -> str:
                 ", ".join(map(str, sorted(seeds))),
                 cell([u["count_accuracy"] for u in seeds.values()]),
                 cell([u["count_mae"] for u in seeds.values()]),
+                cell([len(set(np.minimum(u["modes"], MAX_COUNT))) for u in seeds.values()], 1),
                 cell([u["lesion_f1"] for u in seeds.values()], 3),
                 "—"
                 if recipe == base
@@ -160,7 +165,8 @@ def summary_table(out: Path) -> str:
             ]
         )
     header = [
-        "recipe", "seeds", "count acc.", "count MAE", "lesion F1", "F1 − segmentation",
+        "recipe", "seeds", "count acc.", "count MAE", "classes predicted", "lesion F1",
+        "F1 − segmentation",
         "acc. − segmentation", "last epoch: count acc.", "last: lesion F1", "train min",
     ]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
