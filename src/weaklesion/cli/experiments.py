@@ -76,7 +76,8 @@ def bench(
         typer.Option(
             help="Methods to run, comma-separated or repeated [default: mnist the paper's "
             "six, e.g. gpunet, gpunet_noresidual; also gpunet_noskip, gpunet_maxpool, "
-            "gpunet_empty; others all]."
+            "gpunet_empty, gpunet_smooth (maps smoothed, the width chosen on the "
+            "validation grids); others all]."
         ),
     ] = None,
     seeds: Annotated[
