@@ -550,22 +550,28 @@ def test_predict_writes_each_attention_map_and_detect_keeps_round_count_peaks(
         assert kept == min(wanted, len(detect_by_count(values, 1e9, size=3)))
 
 
+def _predicted_intensity_maps(data, run, out, *options):
+    """``predict --attention intensity OPTIONS``: its summary, and each case's written map
+    beside its normalised image."""
+    invoke("predict", data, "--run", run, "--out", out, "--attention", "intensity", *options)
+    summary = json.loads((out / "predictions.json").read_text())
+    pairs = []
+    for path in sorted(out.glob("*_intensity.*")):
+        case = path.name.split("_intensity.")[0]
+        pairs.append((read_image(path)[0], zscore(load_dataset(data)[case].load().image)))
+    return summary, pairs
+
+
 @pytest.mark.slow
 def test_predict_subtracts_the_empty_image_map_when_asked(trained, tmp_path):
     data, run, _ = trained
-    maps = tmp_path / "maps"
-    invoke(
-        "predict", data, "--run", run, "--out", maps, "--attention", "intensity",
-        "--attention-reference", "empty",
-    )  # fmt: skip
-    summary = json.loads((maps / "predictions.json").read_text())
+    options = ("--attention-reference", "empty")
+    summary, pairs = _predicted_intensity_maps(data, run, tmp_path / "maps", *options)
     assert summary["attention_reference"] == "empty"
-    for path in sorted(maps.glob("*_intensity.*")):
-        case = path.name.split("_intensity.")[0]
-        image = zscore(load_dataset(data)[case].load().image)
+    for written, image in pairs:
         low = image.reshape(len(image), -1).min(axis=1)
         expected = (image - low.reshape(-1, *[1] * (image.ndim - 1))).mean(axis=0)
-        np.testing.assert_allclose(read_image(path)[0], expected, atol=1e-5)
+        np.testing.assert_allclose(written, expected, atol=1e-5)
     result = runner.invoke(
         app,
         ["predict", str(data), "--run", str(run), "--out", str(tmp_path / "x"),
@@ -578,20 +584,14 @@ def test_predict_subtracts_the_empty_image_map_when_asked(trained, tmp_path):
 @pytest.mark.slow
 def test_predict_smooths_the_attention_map_when_asked(trained, tmp_path):
     data, run, _ = trained
-    maps = tmp_path / "maps"
-    invoke(
-        "predict", data, "--run", run, "--out", maps, "--attention", "intensity",
-        "--attention-smooth", "1.5",
-    )  # fmt: skip
-    summary = json.loads((maps / "predictions.json").read_text())
+    options = ("--attention-smooth", "1.5")
+    summary, pairs = _predicted_intensity_maps(data, run, tmp_path / "maps", *options)
     assert summary["attention_smooth"] == 1.5
-    for path in sorted(maps.glob("*_intensity.*")):
-        case = path.name.split("_intensity.")[0]
-        image = zscore(load_dataset(data)[case].load().image)
+    for written, image in pairs:
         expected = ndimage.gaussian_filter(
             np.maximum(image.mean(axis=0), 0), 1.5, mode="nearest", truncate=4.0
         )
-        np.testing.assert_allclose(read_image(path)[0], expected, atol=1e-5)
+        np.testing.assert_allclose(written, expected, atol=1e-5)
     for extra in (["--attention-smooth", "2"], ["--attention", "cam", "--attention-smooth", "-1"]):
         out = tmp_path / f"x{len(extra)}"
         result = runner.invoke(

@@ -230,9 +230,10 @@ def smooth_maps(maps: torch.Tensor, sigma: float | Sequence[float]) -> torch.Ten
     >>> smooth_maps(spike, 1.0)[0, 0, 2:7].round(decimals=3)
     tensor([0.0540, 0.2420, 0.3990, 0.2420, 0.0540])
     """
+    check_smooth(sigma)
     dims = maps.ndim - 1
     sigmas = [float(sigma)] * dims if np.ndim(sigma) == 0 else [float(s) for s in sigma]
-    if len(sigmas) != dims or not all(math.isfinite(s) and s >= 0 for s in sigmas):
+    if len(sigmas) != dims:
         raise ValueError(
             f"smooth: got {sigma!r}; expected a standard deviation >= 0 in voxels, one "
             f"or one per spatial axis ({dims})"
