@@ -33,6 +33,7 @@ from weaklesion.models.heads import (
     RunningStandardization,
     SegmentationWithCountHead,
     attach_count_head,
+    centre_gradient,
     has_count_head,
 )
 from weaklesion.training import TrainConfig, load_run
@@ -120,6 +121,51 @@ def test_running_standardization_follows_the_running_estimates():
     norm(torch.full((1, 3), 100.0))  # evaluation leaves the estimates alone
     torch.testing.assert_close(norm.mean, mean)
     assert int(norm.batches) == 5
+
+
+def test_centre_gradient_passes_values_and_centres_the_gradient():
+    """Brute force: the gradient of sum(w * y) reaching x is w minus its batch mean."""
+    x = torch.randn(4, 3, 2, requires_grad=True)
+    y = centre_gradient(x)
+    torch.testing.assert_close(y, x)
+    weights = torch.randn(4, 3, 2)
+    (weights * y).sum().backward()
+    torch.testing.assert_close(x.grad, weights - weights.mean(0, keepdim=True))
+    single = torch.randn(1, 3, requires_grad=True)
+    assert centre_gradient(single) is single  # nothing to centre
+
+
+def test_centred_head_computes_the_same_and_centres_what_reaches_the_features():
+    torch.manual_seed(0)
+    plain = CountHead(spatial_dims=2, in_channels=2, bins=3)
+    centred = CountHead(spatial_dims=2, in_channels=2, bins=3, centre=True)
+    centred.load_state_dict(plain.state_dict())
+    maps = torch.randn(3, 2, 5, 7)
+    grads = []
+    for head in (plain, centred):
+        inputs = maps.clone().requires_grad_(True)
+        logits = head.train()(inputs)
+        (logits * torch.arange(3.0)).sum().backward()
+        grads.append((logits.detach(), inputs.grad, head.classifier[0].weight.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0])  # same forward pass
+    torch.testing.assert_close(grads[0][2], grads[1][2])  # the perceptron: plain gradient
+    # The pooled features get the centred gradient: summed over the batch (and over the
+    # voxels, where mean and max pooling spread it) it is zero, where the plain is not.
+    plain_total, centred_total = (g[1].sum((0, 2, 3)) for g in grads)
+    assert float(plain_total.abs().max()) > 1e-3
+    torch.testing.assert_close(centred_total, torch.zeros(2), atol=1e-6, rtol=0)
+
+
+def test_the_count_gradient_setting_reaches_the_head():
+    for gradient, expected in [("centred", True), ("plain", False)]:
+        config = TrainConfig(
+            labels="masks+counts",
+            count_head="bottleneck",
+            count_gradient=gradient,
+            spatial_dims=2,
+            model_kwargs={"features": list(FEATURES)},
+        )
+        assert build_model_for(config, 1).head.centre is expected
 
 
 def _nearly_constant_features(seed: int):
@@ -341,7 +387,9 @@ def test_each_count_model_trains_and_predicts_from_the_command_line(
     sets = [item for setting in settings for item in ("--set", setting)]
     invoke("train", data, "--labels", "masks+counts", "--out", run, *sets)
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
-    weight = TrainConfig().count_weight
+    # The default weight: 0.001 for the Poisson-binomial count, 0.01 for a head.
+    weight = TrainConfig(labels="masks+counts", count_head=count_head).count_weight
+    assert weight == (0.001 if count_head == "poisson_binomial" else 0.01)
     assert [r["count_weight"] for r in history] == [
         count_weight_at(e, weight, 1, 1) for e in (0, 1)
     ]

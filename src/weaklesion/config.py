@@ -97,12 +97,18 @@ class TrainConfig:
         background (e.g. skull-stripped), so that the empty background does not count.
     positive_weight : float
         Weight of lesion voxels in the segmentation BCE.
-    count_weight : float
-        Full weight of the count loss in the multi-task objective. The segmentation BCE
-        is a mean over voxels while the count NLL is per image and reaches only the
-        regions' maxima: on 24 x 48 x 48 volumes at weight 1 the count gradient on the
-        network is 40 to 200 times the segmentation gradient and the segmentation
-        collapses; 0.01 keeps the two of the same order.
+    count_weight : float or None
+        Full weight of the count loss in the multi-task objective; None (the default)
+        takes 0.001 for the Poisson-binomial count and 0.01 for a count head. The
+        segmentation BCE is a mean over voxels while the count NLL is per image and
+        reaches only the regions' maxima: on 24 x 48 x 48 volumes at weight 1 the count
+        gradient on the network is 40 to 200 times the segmentation gradient and the
+        segmentation collapses. At 0.001 (the paper's starting weight) the
+        Poisson-binomial model kept lesion F1 within 0.02 of segmentation only and
+        counted at least as well in each of 3 seeds; at 0.01 F1 fell by 0.04 in one
+        (``benchmarks/counting_recipes.py``, docs/REPRODUCTION.md). A head's
+        cross-entropy reaches the U-Net more weakly: the bottleneck head needs its
+        features to learn the count.
     count_warmup_epochs : int
         Epochs of segmentation only (count weight 0) before the count loss starts.
     count_ramp_epochs : int
@@ -225,7 +231,7 @@ class TrainConfig:
     foreground_threshold: float = 0.05
     loss_inside_mask: bool = False
     positive_weight: float = 3.0
-    count_weight: float = 0.01
+    count_weight: float | None = None
     count_warmup_epochs: int = 5
     count_ramp_epochs: int = 5
     max_count: int = 4
@@ -272,6 +278,8 @@ class TrainConfig:
             )
         if self.model is None:
             self.model = "gpunet" if self.target == "count" else "unet"
+        if self.count_weight is None:
+            self.count_weight = 0.001 if self.count_head == "poisson_binomial" else 0.01
         if self.target == "count":
             # GP-Unet with batch normalisation unless named; "none" for None, which TOML
             # cannot hold.

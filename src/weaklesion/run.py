@@ -79,7 +79,11 @@ def build_model_for(config: TrainConfig, in_channels: int) -> nn.Module:
         config.model, config.spatial_dims, in_channels, 1, **dict(config.model_kwargs)
     )
     return attach_count_head(
-        network, config.count_head, config.max_count, standardize=config.count_head_standardize
+        network,
+        config.count_head,
+        config.max_count,
+        standardize=config.count_head_standardize,
+        centre=config.count_gradient == "centred",
     )
 
 

@@ -20,6 +20,20 @@ most frequent count. By default (``standardize=True``, not in the paper) the poo
 vector is therefore standardised with running statistics (:class:`RunningStandardization`)
 before the perceptron; ``standardize=False`` is the plain design.
 
+Standardising does not make the bottleneck head learn: trained with the segmentation,
+its cross-entropy stays at the entropy of the count prior, on the training volumes too,
+at count weights 0.01 to 1 and with the count loss from the first epoch. The pooled
+features of a trained segmentation U-Net's bottleneck hold too little about the count
+for any classifier to read (a logistic regression on them is at the majority class on
+test volumes), so the encoder itself has to learn it. As for the count networks
+(:class:`weaklesion.models.GPUNet`), the part of the gradient that the images of a batch
+have in common only moves all their counts together. With ``centre=True``
+(``TrainConfig.count_gradient="centred"``, the default) the pooled vectors pass forward
+unchanged but their gradient is centred over the batch (:func:`centre_gradient`), so the
+features learn only from what tells a batch's images apart; the perceptron's own
+parameters get the plain gradient. On the counting phantom this is what lets the
+bottleneck head leave the majority class (docs/REPRODUCTION.md, experiment 3).
+
 ``"poisson_binomial"`` (the default of ``TrainConfig.count_head``) adds no head: the
 count distribution is that of the map's candidate regions
 (:func:`weaklesion.counting.count_distribution`).
@@ -44,6 +58,7 @@ __all__ = [
     "RunningStandardization",
     "SegmentationWithCountHead",
     "attach_count_head",
+    "centre_gradient",
     "has_count_head",
 ]
 
@@ -51,6 +66,36 @@ COUNT_HEADS = ("poisson_binomial", "bottleneck", "multihead", "downstream")
 # Where each head reads from, in the terms of SegmentationWithCountHead.source.
 _HEAD_SOURCES = {"bottleneck": "bottleneck", "multihead": "decoder", "downstream": "segmentation"}
 _SOURCES = ("bottleneck", "decoder", "segmentation")
+
+
+def centre_gradient(x: torch.Tensor) -> torch.Tensor:
+    """``x`` unchanged, with the gradient reaching it centred over the batch (dim 0).
+
+    Forward the result equals ``x``; backward a gradient ``g`` on it arrives at ``x`` as
+    ``g - g.mean(0)``, so ``Σ_i g_i ∂x_i/∂θ`` becomes ``Σ_i g_i (∂x_i/∂θ - mean_j
+    ∂x_j/∂θ)``: what the batch's images have in common no longer moves ``θ``. A batch
+    of one has nothing to centre and is returned as it is.
+
+    Parameters
+    ----------
+    x : (N, ...) tensor
+
+    Returns
+    -------
+    (N, ...) tensor
+
+    Examples
+    --------
+    >>> x = torch.tensor([[1.0], [3.0]], requires_grad=True)
+    >>> y = centre_gradient(x)
+    >>> (y * torch.tensor([[1.0], [0.0]])).sum().backward()
+    >>> y.tolist(), x.grad.tolist()
+    ([[1.0], [3.0]], [[0.5], [-0.5]])
+    """
+    if x.shape[0] < 2:
+        return x
+    mean = x.mean(dim=0, keepdim=True)
+    return x - mean + mean.detach()
 
 
 class RunningStandardization(nn.Module):
@@ -134,6 +179,9 @@ class CountHead(nn.Module):
         Width of the hidden layer of the perceptron.
     standardize : bool
         Standardise the pooled vector with running statistics before the perceptron.
+    centre : bool
+        In training, centre the gradient of the pooled vector over the batch
+        (:func:`centre_gradient`); the forward pass is the same either way.
 
     Examples
     --------
@@ -150,6 +198,7 @@ class CountHead(nn.Module):
         widths: Sequence[int] = (),
         hidden: int = 32,
         standardize: bool = True,
+        centre: bool = False,
     ) -> None:
         super().__init__()
         check_spatial_dims(spatial_dims)
@@ -161,6 +210,7 @@ class CountHead(nn.Module):
             )
         self.spatial_dims = spatial_dims
         self.bins = bins
+        self.centre = bool(centre)
         conv, pool = CONVOLUTIONS[spatial_dims], MAX_POOLS[spatial_dims]
         stages: list[nn.Module] = []
         channels = in_channels
@@ -180,7 +230,10 @@ class CountHead(nn.Module):
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         """Count logits ``(N, bins)`` of maps ``(N, in_channels, *spatial)``."""
         h = self.convolutions(maps).flatten(2)
-        return self.classifier(self.standardize(torch.cat((h.mean(-1), h.amax(-1)), dim=1)))
+        pooled = torch.cat((h.mean(-1), h.amax(-1)), dim=1)
+        if self.centre and self.training:
+            pooled = centre_gradient(pooled)
+        return self.classifier(self.standardize(pooled))
 
 
 class SegmentationWithCountHead(nn.Module):
@@ -239,6 +292,7 @@ def attach_count_head(
     max_count: int,
     hidden: int = 32,
     standardize: bool = True,
+    centre: bool = False,
 ) -> nn.Module:
     """Attach the named count classifier to a U-Net, or return it as it is.
 
@@ -256,6 +310,9 @@ def attach_count_head(
         Width of the head's hidden layer.
     standardize : bool
         Standardise the head's pooled features (see :class:`CountHead`).
+    centre : bool
+        Centre the gradient of the head's pooled features over the batch in training
+        (see :class:`CountHead`).
 
     Returns
     -------
@@ -294,5 +351,5 @@ def attach_count_head(
         "decoder": (first, (2 * first, 4 * first)),
         "segmentation": (1, (8, 16, 32)),
     }[source]
-    head = CountHead(spatial_dims, in_channels, max_count + 1, widths, hidden, standardize)
+    head = CountHead(spatial_dims, in_channels, max_count + 1, widths, hidden, standardize, centre)
     return SegmentationWithCountHead(network, head, source)

@@ -33,7 +33,8 @@ SEGMENTATION_THRESHOLD = 0.5
 CERTAINTY_FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)
 CALIBRATION_BINS = 10
 DATA_SEED = 3000
-COUNT_WEIGHT = 0.01
+COUNT_WEIGHT = 0.001
+HEAD_COUNT_WEIGHT = 0.01
 PLANTED_SEED = 7
 
 
@@ -58,14 +59,25 @@ class CountingSettings:
     epochs, count_warmup_epochs, count_ramp_epochs : int
         Training schedule of every model (warm-up and ramp: multi-task models only).
     count_weight : float
-        Weight of the count loss once ramped in. At weight 1 the count NLL's gradient on
-        the U-Net's parameters is 40 to 200 times the segmentation BCE's (measured after
-        10 epochs of segmentation) and the segmentation collapses.
+        Weight of the Poisson-binomial count NLL once ramped in (the paper's starting
+        weight). At weight 1 its gradient on the U-Net's parameters is 40 to 200 times
+        the segmentation BCE's (measured after 10 epochs of segmentation) and the
+        segmentation collapses; at 0.01 lesion F1 fell by 0.04 in one seed of three
+        (``benchmarks/counting_recipes.py``).
+    head_count_weight : float
+        Weight of the count heads' cross-entropy once ramped in.
     standardize_heads : bool
         Standardise the count heads' pooled features
         (``TrainConfig.count_head_standardize``).
+    count_gradient : {"centred", "plain"}
+        The heads' pooled features take the batch-centred gradient, or the plain one
+        (``TrainConfig.count_gradient``).
     lr : float
-        Adam learning rate (batches of two volumes).
+        Adam learning rate (batches of two volumes), annealed by ``lr_schedule``.
+    lr_schedule : {"cosine", "constant"}
+        Learning rate over the epochs (``TrainConfig.lr_schedule``): annealed to 0, so
+        that the epoch chosen on the validation volumes and its neighbours are nearly
+        the same network.
     positive_weight : float
         Weight of lesion voxels in the segmentation BCE.
     low_data_fraction : float
@@ -82,14 +94,17 @@ class CountingSettings:
 
     shape: tuple[int, int, int] = (24, 48, 48)
     max_lesions: int = 5
-    split_per_count: tuple[int, int, int] = (8, 1, 7)
+    split_per_count: tuple[int, int, int] = (8, 4, 12)
     features: tuple[int, ...] = (8, 16, 32, 64)
     epochs: int = 30
     count_warmup_epochs: int = 10
     count_ramp_epochs: int = 5
     count_weight: float = COUNT_WEIGHT
+    head_count_weight: float = HEAD_COUNT_WEIGHT
     standardize_heads: bool = True
+    count_gradient: str = "centred"
     lr: float = 3e-3
+    lr_schedule: str = "cosine"
     positive_weight: float = 10.0
     low_data_fraction: float = 0.1
     low_data_epoch_factor: int = 4

@@ -296,11 +296,16 @@ def _recipe_line(settings: dict, regime: str) -> str:
     """Which multi-task recipe produced a comparison table's rows."""
     factor = settings["low_data_epoch_factor"] if regime == "low" else 1
     standardised = "standardised" if settings.get("standardize_heads") else "not standardised"
+    weight = settings.get("count_weight", 1.0)
+    heads = settings.get("head_count_weight", weight)
+    gradient = settings.get("count_gradient", "plain")
+    schedule = settings.get("lr_schedule", "constant")
     return (
-        f"Multi-task recipe: {settings['epochs'] * factor} epochs, segmentation only for "
-        f"{settings['count_warmup_epochs'] * factor}, then the count loss ramped over "
-        f"{settings['count_ramp_epochs'] * factor} to weight {settings.get('count_weight', 1.0)}"
-        f"; count heads' pooled features {standardised}."
+        f"Multi-task recipe: {settings['epochs'] * factor} epochs ({schedule} learning "
+        f"rate), segmentation only for {settings['count_warmup_epochs'] * factor}, then the "
+        f"count loss ramped over {settings['count_ramp_epochs'] * factor} to weight "
+        f"{weight} (Poisson-binomial) or {heads} (count heads); count heads' pooled "
+        f"features {standardised}, with the {gradient} gradient."
     )
 
 

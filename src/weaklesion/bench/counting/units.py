@@ -161,6 +161,7 @@ def _train_config(method: str, regime: str, seed: int, settings: CountingSetting
         "count_ramp_epochs": settings.count_ramp_epochs * factor,
         "max_count": MAX_COUNT,
         "lr": settings.lr,
+        "lr_schedule": settings.lr_schedule,
         "batch_size": 2,
         "positive_weight": settings.positive_weight,
         "seed": seed,
@@ -170,8 +171,11 @@ def _train_config(method: str, regime: str, seed: int, settings: CountingSetting
     if method != "segmentation":
         values.update(
             count_head=method,
-            count_weight=settings.count_weight,
+            count_weight=settings.count_weight
+            if method == "poisson_binomial"
+            else settings.head_count_weight,
             count_head_standardize=settings.standardize_heads,
+            count_gradient=settings.count_gradient,
         )
     if regime == "low":
         values["label_fraction"] = settings.low_data_fraction
