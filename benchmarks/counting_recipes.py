@@ -100,6 +100,14 @@ _BASE_RECIPES = (
         for head in ("bottleneck", "multihead", "downstream")
         for suffix, weight in (("", 0.01), ("_weight0.1", 0.1))
     }
+    | {
+        # ... and with the count loss from epoch 6 (ramped in by epoch 10), not 11.
+        f"{head}_centred_warmup5": (
+            head,
+            {**_BEFORE, "count_gradient": "centred", "count_warmup_epochs": 5},
+        )
+        for head in ("bottleneck", "multihead", "downstream")
+    }
 )
 # The same with the learning rate annealed to 0 by cosine over the 30 epochs, so that
 # the chosen epoch and its neighbours are nearly the same network.

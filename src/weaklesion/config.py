@@ -149,6 +149,10 @@ class TrainConfig:
         never went below 0.995 of it. Where the plain gradient does learn (1×2 grids
         of digit 1) its maps localise better (FAUC 85.6 against 72.2 by rank, three
         seeds): set ``"plain"`` to reproduce the papers (docs/REPRODUCTION.md).
+        A count head (``count_head`` other than ``"poisson_binomial"``) follows the same
+        setting: ``"centred"`` centres the gradient of its pooled features over the
+        batch and leaves its forward pass as it is
+        (:func:`weaklesion.models.heads.centre_gradient`).
     epochs : int
         Number of training epochs.
     lr : float

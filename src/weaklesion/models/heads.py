@@ -31,8 +31,9 @@ have in common only moves all their counts together. With ``centre=True``
 (``TrainConfig.count_gradient="centred"``, the default) the pooled vectors pass forward
 unchanged but their gradient is centred over the batch (:func:`centre_gradient`), so the
 features learn only from what tells a batch's images apart; the perceptron's own
-parameters get the plain gradient. On the counting phantom this is what lets the
-bottleneck head leave the majority class (docs/REPRODUCTION.md, experiment 3).
+parameters get the plain gradient. On the counting phantom, with the count loss from
+the sixth epoch, this is what let the bottleneck head leave the majority class in every
+seed (docs/REPRODUCTION.md, experiment 3).
 
 ``"poisson_binomial"`` (the default of ``TrainConfig.count_head``) adds no head: the
 count distribution is that of the map's candidate regions

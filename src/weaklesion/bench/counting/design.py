@@ -58,6 +58,10 @@ class CountingSettings:
         U-Net widths per level.
     epochs, count_warmup_epochs, count_ramp_epochs : int
         Training schedule of every model (warm-up and ramp: multi-task models only).
+    head_warmup_epochs : int
+        Warm-up of the count heads, in place of ``count_warmup_epochs``: a head's
+        features must learn the count while the learning rate is still high (with the
+        Poisson-binomial loss the map's regions must first mean something).
     count_weight : float
         Weight of the Poisson-binomial count NLL once ramped in (the paper's starting
         weight). At weight 1 its gradient on the U-Net's parameters is 40 to 200 times
@@ -99,6 +103,7 @@ class CountingSettings:
     epochs: int = 30
     count_warmup_epochs: int = 10
     count_ramp_epochs: int = 5
+    head_warmup_epochs: int = 5
     count_weight: float = COUNT_WEIGHT
     head_count_weight: float = HEAD_COUNT_WEIGHT
     standardize_heads: bool = True
@@ -123,6 +128,7 @@ SETTINGS = {
         epochs=3,
         count_warmup_epochs=1,
         count_ramp_epochs=1,
+        head_warmup_epochs=1,
         low_data_epoch_factor=2,
         attack_images=2,
         attack_steps=2,

@@ -300,11 +300,13 @@ def _recipe_line(settings: dict, regime: str) -> str:
     heads = settings.get("head_count_weight", weight)
     gradient = settings.get("count_gradient", "plain")
     schedule = settings.get("lr_schedule", "constant")
+    head_warmup = settings.get("head_warmup_epochs", settings["count_warmup_epochs"])
     return (
         f"Multi-task recipe: {settings['epochs'] * factor} epochs ({schedule} learning "
-        f"rate), segmentation only for {settings['count_warmup_epochs'] * factor}, then the "
-        f"count loss ramped over {settings['count_ramp_epochs'] * factor} to weight "
-        f"{weight} (Poisson-binomial) or {heads} (count heads); count heads' pooled "
+        f"rate), segmentation only for {settings['count_warmup_epochs'] * factor} "
+        f"(count heads: {head_warmup * factor}), "
+        f"then the count loss ramped over {settings['count_ramp_epochs'] * factor} to "
+        f"weight {weight} (Poisson-binomial) or {heads} (count heads); count heads' pooled "
         f"features {standardised}, with the {gradient} gradient."
     )
 

@@ -177,6 +177,8 @@ def _train_config(method: str, regime: str, seed: int, settings: CountingSetting
             count_head_standardize=settings.standardize_heads,
             count_gradient=settings.count_gradient,
         )
+        if method != "poisson_binomial":
+            values["count_warmup_epochs"] = settings.head_warmup_epochs * factor
     if regime == "low":
         values["label_fraction"] = settings.low_data_fraction
     return TrainConfig(**values)
