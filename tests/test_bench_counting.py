@@ -12,6 +12,7 @@ from rich.console import Console
 from weaklesion.bench.counting import (
     METHODS,
     MULTITASK,
+    SETTINGS,
     THRESHOLDS,
     counting_tables,
     planted_probability_map,
@@ -93,6 +94,31 @@ def test_quick_run_writes_parseable_results(quick_run):
         assert 0 <= scores["accuracy"]["mean"] <= 1
         assert 0 <= scores["f1"]["mean"] <= 1
     assert first["units"]["computed"] == 1 + 5 * 3 + 4 * 2  # planted, full, low
+
+
+def test_each_model_trains_with_its_part_of_the_recipe(quick_run):
+    """The Poisson-binomial loss and the heads differ in weight and warm-up; every run
+    records the configuration it trained with."""
+    out, _, _ = quick_run
+    settings = SETTINGS["quick"]
+    assert settings.head_warmup_epochs != settings.count_warmup_epochs
+    for method in METHODS:
+        unit = json.loads((out / "units" / f"train-{method}-full-seed0.json").read_text())
+        config = unit["config"]
+        assert config["lr_schedule"] == settings.lr_schedule == "cosine"
+        if method == "segmentation":
+            assert config["labels"] == "masks"
+        elif method == "poisson_binomial":
+            assert config["count_weight"] == settings.count_weight
+            assert config["count_warmup_epochs"] == settings.count_warmup_epochs
+        else:
+            assert config["count_head"] == method
+            assert config["count_weight"] == settings.head_count_weight
+            assert config["count_warmup_epochs"] == settings.head_warmup_epochs
+            assert config["count_gradient"] == "centred"
+    low = json.loads((out / "units" / "train-bottleneck-low-seed0.json").read_text())
+    factor = settings.low_data_epoch_factor
+    assert low["config"]["count_warmup_epochs"] == settings.head_warmup_epochs * factor
 
 
 @pytest.mark.slow
