@@ -62,7 +62,7 @@ KEY_NOTES = {
     "model": "the network",
     "count_head": "how masks+counts training counts (and its loss)",
     "count_objective": "the loss of a count target",
-    "count_gradient": "how a count network learns",
+    "count_gradient": "how a count network or count head learns",
     "lr_schedule": "learning rate over the epochs",
 }
 
