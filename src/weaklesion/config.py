@@ -35,6 +35,10 @@ TARGETS_FOR_LABELS = {
     "masks": ("segmentation",),
     "masks+counts": ("segmentation",),
 }
+# Default weights of the multi-task count loss (``TrainConfig.count_weight=None``).
+POISSON_BINOMIAL_COUNT_WEIGHT = 0.001
+HEAD_COUNT_WEIGHT = 0.01
+
 CHOICES = {
     "labels": LABELS,
     "target": TARGETS,
@@ -283,7 +287,11 @@ class TrainConfig:
         if self.model is None:
             self.model = "gpunet" if self.target == "count" else "unet"
         if self.count_weight is None:
-            self.count_weight = 0.001 if self.count_head == "poisson_binomial" else 0.01
+            self.count_weight = (
+                POISSON_BINOMIAL_COUNT_WEIGHT
+                if self.count_head == "poisson_binomial"
+                else HEAD_COUNT_WEIGHT
+            )
         if self.target == "count":
             # GP-Unet with batch normalisation unless named; "none" for None, which TOML
             # cannot hold.

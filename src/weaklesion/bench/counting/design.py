@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from weaklesion.config import HEAD_COUNT_WEIGHT, POISSON_BINOMIAL_COUNT_WEIGHT
+
 METHODS = ("segmentation", "poisson_binomial", "bottleneck", "multihead", "downstream")
 MULTITASK = METHODS[1:]
 LABELS = {
@@ -33,8 +35,7 @@ SEGMENTATION_THRESHOLD = 0.5
 CERTAINTY_FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)
 CALIBRATION_BINS = 10
 DATA_SEED = 3000
-COUNT_WEIGHT = 0.001
-HEAD_COUNT_WEIGHT = 0.01
+COUNT_WEIGHT = POISSON_BINOMIAL_COUNT_WEIGHT
 PLANTED_SEED = 7
 
 

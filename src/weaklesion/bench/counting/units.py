@@ -152,12 +152,14 @@ def _cases(datalist: Path, split: str | None) -> list[_Case]:
 def _train_config(method: str, regime: str, seed: int, settings: CountingSettings):
 
     factor = settings.low_data_epoch_factor if regime == "low" else 1
+    head = method not in ("segmentation", "poisson_binomial")
+    warmup = settings.head_warmup_epochs if head else settings.count_warmup_epochs
     values: dict[str, Any] = {
         "labels": "masks" if method == "segmentation" else "masks+counts",
         "model": "unet",
         "model_kwargs": {"features": list(settings.features)},
         "epochs": settings.epochs * factor,
-        "count_warmup_epochs": settings.count_warmup_epochs * factor,
+        "count_warmup_epochs": warmup * factor,
         "count_ramp_epochs": settings.count_ramp_epochs * factor,
         "max_count": MAX_COUNT,
         "lr": settings.lr,
@@ -171,14 +173,10 @@ def _train_config(method: str, regime: str, seed: int, settings: CountingSetting
     if method != "segmentation":
         values.update(
             count_head=method,
-            count_weight=settings.count_weight
-            if method == "poisson_binomial"
-            else settings.head_count_weight,
+            count_weight=settings.head_count_weight if head else settings.count_weight,
             count_head_standardize=settings.standardize_heads,
             count_gradient=settings.count_gradient,
         )
-        if method != "poisson_binomial":
-            values["count_warmup_epochs"] = settings.head_warmup_epochs * factor
     if regime == "low":
         values["label_fraction"] = settings.low_data_fraction
     return TrainConfig(**values)
