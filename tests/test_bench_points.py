@@ -316,3 +316,25 @@ def test_overlap_matches_equals_brute_force():
         predicted = rng.random((1, 3, 6)) < 0.3
         pairs, n_pred, n_true = _brute_force_pairs(predicted, truth)
         assert overlap_matches(predicted, truth) == (pairs, n_pred - pairs, n_true - pairs)
+
+
+@pytest.mark.slow
+def test_a_transfer_source_whose_run_was_lost_is_trained_again_the_same(quick_run, tmp_path):
+    import shutil
+
+    out, _ = quick_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    arm = next((copy / "units").glob("transfer_euclidean_*.json"))
+    kept = json.loads(arm.read_text())
+    assert kept["source_retrained"] is False
+    # The results are kept, the trained runs are not (as in a fresh clone).
+    shutil.rmtree(copy / "work" / "runs")
+    arm.unlink()
+    run_points(copy, quick=True, seeds=1, methods=None, console=None)
+    again = json.loads(arm.read_text())
+    assert again["source_retrained"] is True
+    assert again["source_best_value"] == again["source_recorded_best_value"]
+    assert again["source_best_value"] == kept["source_best_value"]
+    for key in ("segmentation_f1", "detection_f1", "dice", "mask_cases"):
+        assert again[key] == kept[key]

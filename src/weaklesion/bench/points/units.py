@@ -314,6 +314,36 @@ def _mc_dropout_certainty(model, test: _Split, threshold: float, run, seed: int)
     }
 
 
+def _source_run(run: _Experiment, name: str, seed: int) -> dict[str, Any]:
+    """Make sure a transfer source's trained run is on disk, and describe it.
+
+    A source's ``train_*`` unit can outlive its run folder (``work/`` is not kept with
+    the results). The run is then trained again from its recorded configuration, which
+    is seeded; the returned record gives its best validation value beside the one the
+    unit recorded, so that a reader sees whether the retrained source is the same model.
+    """
+    config = run.model_config(name, seed)
+    run_dir = run.run_dir(name, f"seed{seed}")
+    metrics = run_dir / "metrics.json"
+    trained = metrics.exists() and (run_dir / "best.pt").exists()
+    if trained:
+        trained = json.loads(metrics.read_text(encoding="utf-8"))["epochs_completed"] >= (
+            config.epochs
+        )
+    retrained = not trained
+    if retrained:
+        train(config, run.data, run_dir, resume=True, progress=False)
+    record = json.loads(metrics.read_text(encoding="utf-8"))
+    unit = unit_path(run.out, "train", name, f"seed{seed}")
+    recorded = json.loads(unit.read_text(encoding="utf-8")) if unit.exists() else {}
+    return {
+        "source_retrained": retrained,
+        "source_best_epoch": record.get("best_epoch"),
+        "source_best_value": record.get("best_value"),
+        "source_recorded_best_value": recorded.get("best_value"),
+    }
+
+
 def _transfer(
     run: _Experiment, source: str, fraction: float, seed: int, datalist, test
 ) -> dict[str, Any]:
@@ -321,6 +351,7 @@ def _transfer(
 
     def compute() -> dict[str, Any]:
         run_dir = run.run_dir("transfer", source, _fraction_name(fraction), f"seed{seed}")
+        origin: dict[str, Any] = {}
         changes = {"seed": seed, "val_fraction": 0.0, "num_threads": _threads(run.quick)}
         epochs = load_config(run.recipe, run.settings.recipe_changes).epochs
         if source == "scratch":
@@ -335,6 +366,7 @@ def _transfer(
             )
             train(config, datalist, run_dir, resume=True, progress=False)
         else:
+            origin = _source_run(run, source, seed)
             finetune(
                 run.run_dir(source, f"seed{seed}"),
                 datalist,
@@ -355,6 +387,7 @@ def _transfer(
             "mask_fraction": fraction,
             "seed": seed,
             "mask_cases": list(info["train_cases"]),
+            **origin,
             **scores,
             **record,
         }
