@@ -30,6 +30,7 @@ from weaklesion.bench.points import (
     summarise_points,
     tune_and_test,
 )
+from weaklesion.config import TrainConfig
 from weaklesion.data import load_dataset
 from weaklesion.data.truth import lesion_truth
 from weaklesion.detection import fit_gaussians
@@ -116,10 +117,12 @@ def test_count_row_learns_from_counts_alone_and_reports_its_fauc(quick_run):
     config = training["config"]
     assert (config["labels"], config["target"], config["model"]) == ("counts", "count", "gpunet")
     assert config["count_gradient"] == "centred" and config["batch_size"] >= 2
-    # The recorded units' network: no normalisation, whatever the count default.
+    # The network a user gets from `weaklesion train --labels counts`, at the row's width.
+    default = TrainConfig(labels="counts").model_kwargs["normalization"]
+    assert default != "none"
     assert config["model_kwargs"] == {
         "filters": SETTINGS["quick"].count_filters,
-        "normalization": "none",
+        "normalization": default,
     }
     evaluation = json.loads((out / "units" / "evaluate_counts_seed0.json").read_text())
     low, high = evaluation["attention_levels"]

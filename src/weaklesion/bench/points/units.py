@@ -146,12 +146,9 @@ class _Experiment:
         if kind == "segmentation" and self.recipe_dropout == 0:
             changes["model_kwargs.dropout"] = MC_DROPOUT
         if kind == "counts":
-            # Set last, it replaces the recipe's U-Net arguments as a whole. Without
-            # normalisation, as the recorded units were trained.
-            changes["model_kwargs"] = {
-                "filters": self.settings.count_filters,
-                "normalization": "none",
-            }
+            # Set last, it replaces the recipe's U-Net arguments as a whole; the
+            # normalisation is the package's default for a count network.
+            changes["model_kwargs"] = {"filters": self.settings.count_filters}
         changes.update(seed=seed, num_threads=_threads(self.quick))
         return load_config(self.recipe, changes)
 
