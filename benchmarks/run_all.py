@@ -18,6 +18,7 @@ BENCHMARKS = (
     "bench_models",
     "bench_attention",
     "bench_training",
+    "bench_batch_one",
 )
 
 
