@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -15,6 +16,7 @@ from weaklesion.inference import predict_cases, predict_image, predict_images
 from weaklesion.io import read_image, write_image
 from weaklesion.models import GPUNet, UNet
 from weaklesion.models.heads import attach_count_head
+from weaklesion.run import place_network
 from weaklesion.training import TrainConfig
 from weaklesion.training.checkpoint import run_state, save_checkpoint
 
@@ -237,7 +239,9 @@ def test_predict_cases_writes_maps_with_the_input_affine(run_and_data, tmp_path)
         written_map, affine = read_image(tmp_path / f"{case.id}_heatmap.nii.gz")
         np.testing.assert_array_equal(affine, arrays.affine)
         expected = predict_image(model, zscore(arrays.image), "heatmap", scale=4.0)
-        np.testing.assert_allclose(written_map, expected.map, rtol=1e-5, atol=1e-6)
+        # The run's network has channels-last weights, this one contiguous weights: the
+        # same sums in another order.
+        np.testing.assert_allclose(written_map, expected.map, rtol=1e-5, atol=1e-5)
         entry = summary["cases"][case.id]
         assert entry["map_sum"] == pytest.approx(expected.count, rel=1e-5)
         # The count: the expected number of fitted lesions, each existing with its
@@ -263,7 +267,10 @@ def test_predict_cases_on_npy_files_writes_npy(run_and_data, tmp_path):
         "scan_heatmap_std.npy",
         "predictions.json",
     ]
-    sampled = predict_image(model, zscore(image), "heatmap", mc_samples=2, scale=4.0)
+    # The run's network is placed channels-last; dropout draws its masks in memory order,
+    # so the same draws need the same layout.
+    placed = place_network(copy.deepcopy(model), torch.device("cpu"), 3)
+    sampled = predict_image(placed, zscore(image), "heatmap", mc_samples=2, scale=4.0)
     np.testing.assert_allclose(np.load(written[0]), sampled.map, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.load(written[1]), sampled.std, rtol=1e-4, atol=1e-6)
 
