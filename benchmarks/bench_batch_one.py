@@ -31,12 +31,11 @@ import platform
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from benchmarks.bench_threads import DEMO_CONFIG, training_step
-from benchmarks.timing import median_time
+from benchmarks.timing import median_time, paired_summary
 from weaklesion.io import atomic_write
 from weaklesion.models.unet import Conv3d
 from weaklesion.run import build_model_for, place_network
@@ -101,22 +100,7 @@ def main() -> None:
                 times[f"{name}/{label}"] = median_time(workload, REPEATS)
             _use(network, Conv3d)
         rounds.append({"load_average": list(os.getloadavg()), "times_s": times})
-    summary = {}
-    for name in runs:
-        old = np.array([r["times_s"][f"{name}/torch"] for r in rounds])
-        new = np.array([r["times_s"][f"{name}/package"] for r in rounds])
-        summary[name] = {
-            "torch_s_median": float(np.median(old)),
-            "package_s_median": float(np.median(new)),
-            "ratio_median": float(np.median(old / new)),
-            "ratio_min": float((old / new).min()),
-            "ratio_max": float((old / new).max()),
-        }
-        print(
-            f"{name}: nn.Conv3d {summary[name]['torch_s_median'] * 1e3:.0f} ms, package "
-            f"{summary[name]['package_s_median'] * 1e3:.0f} ms, ratio "
-            f"{summary[name]['ratio_median']:.2f}"
-        )
+    summary = paired_summary(rounds, list(runs), "torch", "package")
     result = {
         "benchmark": "3D convolution of one image on CPU: nn.Conv3d against two copies",
         "ratio": "nn.Conv3d time / package time; above 1: the package's layer is faster",

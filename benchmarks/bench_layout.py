@@ -35,11 +35,10 @@ import platform
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from benchmarks.bench_threads import DEMO_CONFIG, gpunet_workload, training_step
-from benchmarks.timing import median_time
+from benchmarks.timing import median_time, paired_summary
 from weaklesion.io import atomic_write
 from weaklesion.run import build_model_for
 from weaklesion.training import TrainConfig, load_config
@@ -104,22 +103,7 @@ def main() -> None:
                 times[f"{name}/{label}"] = median_time(workload)
             network.to(memory_format=torch.contiguous_format)
         rounds.append({"load_average": list(os.getloadavg()), "times_s": times})
-    summary = {}
-    for name in runs:
-        old = np.array([r["times_s"][f"{name}/contiguous"] for r in rounds])
-        new = np.array([r["times_s"][f"{name}/channels_last"] for r in rounds])
-        summary[name] = {
-            "contiguous_s_median": float(np.median(old)),
-            "channels_last_s_median": float(np.median(new)),
-            "ratio_median": float(np.median(old / new)),
-            "ratio_min": float((old / new).min()),
-            "ratio_max": float((old / new).max()),
-        }
-        print(
-            f"{name}: contiguous {summary[name]['contiguous_s_median'] * 1e3:.0f} ms, "
-            f"channels-last {summary[name]['channels_last_s_median'] * 1e3:.0f} ms, ratio "
-            f"{summary[name]['ratio_median']:.2f}"
-        )
+    summary = paired_summary(rounds, list(runs), "contiguous", "channels_last")
     result = {
         "benchmark": "weight memory layout on CPU: contiguous against channels-last",
         "ratio": "contiguous time / channels-last time; above 1: channels-last is faster",
