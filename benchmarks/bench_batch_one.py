@@ -25,9 +25,7 @@ Run: ``.venv/bin/python -m benchmarks.bench_batch_one``; writes
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import platform
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,8 +33,7 @@ import torch
 from torch import nn
 
 from benchmarks.bench_threads import DEMO_CONFIG, training_step
-from benchmarks.timing import median_time, paired_summary
-from weaklesion.io import atomic_write
+from benchmarks.timing import median_time, paired_summary, write_result
 from weaklesion.models.unet import Conv3d
 from weaklesion.run import build_model_for, place_network
 from weaklesion.training import TrainConfig, load_config
@@ -106,15 +103,10 @@ def main() -> None:
         "ratio": "nn.Conv3d time / package time; above 1: the package's layer is faster",
         "threads": torch.get_num_threads(),
         "rounds": ROUNDS,
-        "torch": torch.__version__,
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
         "summary": summary,
         "raw": rounds,
     }
-    with atomic_write(RESULTS, "w", encoding="utf-8") as handle:
-        json.dump(result, handle, indent=2)
-        handle.write("\n")
+    write_result(RESULTS, result)
 
 
 if __name__ == "__main__":

@@ -29,17 +29,14 @@ Run: ``.venv/bin/python -m benchmarks.bench_layout``; writes
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import platform
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from benchmarks.bench_threads import DEMO_CONFIG, gpunet_workload, training_step
-from benchmarks.timing import median_time, paired_summary
-from weaklesion.io import atomic_write
+from benchmarks.timing import median_time, paired_summary, write_result
 from weaklesion.run import build_model_for
 from weaklesion.training import TrainConfig, load_config
 
@@ -109,15 +106,10 @@ def main() -> None:
         "ratio": "contiguous time / channels-last time; above 1: channels-last is faster",
         "threads": torch.get_num_threads(),
         "rounds": ROUNDS,
-        "torch": torch.__version__,
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
         "summary": summary,
         "raw": rounds,
     }
-    with atomic_write(RESULTS, "w", encoding="utf-8") as handle:
-        json.dump(result, handle, indent=2)
-        handle.write("\n")
+    write_result(RESULTS, result)
 
 
 if __name__ == "__main__":

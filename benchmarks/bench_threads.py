@@ -24,10 +24,8 @@ Run: ``.venv/bin/python -m benchmarks.bench_threads``; writes
 from __future__ import annotations
 
 import dataclasses
-import json
 import multiprocessing
 import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,9 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.timing import median_time
+from benchmarks.timing import median_time, paired_summary, write_result
 from weaklesion.counting import poisson_binomial_pmf
-from weaklesion.io import atomic_write
 from weaklesion.training import TrainConfig, load_config, objective_for
 from weaklesion.training.checkpoint import build_model_for
 
@@ -100,22 +97,6 @@ def time_round(workloads: dict[str, Callable[[], object]], default_threads: int)
     return times
 
 
-def summarise(rounds: list[dict], names: list[str]) -> dict:
-    summary = {}
-    for name in names:
-        default = np.array([r["times_s"][f"{name}/default"] for r in rounds])
-        one = np.array([r["times_s"][f"{name}/one_thread"] for r in rounds])
-        ratios = default / one
-        summary[name] = {
-            "default_s_median": float(np.median(default)),
-            "one_thread_s_median": float(np.median(one)),
-            "ratio_median": float(np.median(ratios)),
-            "ratio_min": float(ratios.min()),
-            "ratio_max": float(ratios.max()),
-        }
-    return summary
-
-
 def main() -> None:
     default_threads = torch.get_num_threads()
     workloads = {
@@ -151,22 +132,15 @@ def main() -> None:
         "default_threads": default_threads,
         "busy_processes": busy_cores,
         "rounds": ROUNDS,
-        "torch": torch.__version__,
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "summary": {c: summarise(rounds, list(workloads)) for c, rounds in conditions.items()},
+        "summary": {
+            condition: paired_summary(
+                rounds, list(workloads), "default", "one_thread", f"{condition:5s} "
+            )
+            for condition, rounds in conditions.items()
+        },
         "raw": conditions,
     }
-    with atomic_write(RESULTS, "w", encoding="utf-8") as handle:
-        json.dump(result, handle, indent=2)
-        handle.write("\n")
-    for condition, summary in result["summary"].items():
-        for name, entry in summary.items():
-            print(
-                f"{condition:5s} {name}: default {entry['default_s_median'] * 1e3:.1f} ms, "
-                f"one thread {entry['one_thread_s_median'] * 1e3:.1f} ms, ratio "
-                f"{entry['ratio_median']:.2f} ({entry['ratio_min']:.2f}-{entry['ratio_max']:.2f})"
-            )
+    write_result(RESULTS, result)
 
 
 if __name__ == "__main__":

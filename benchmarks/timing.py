@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
+
+from weaklesion.io import atomic_write
 
 
 def median_time(function: Callable[[], object], repeats: int = 5) -> float:
@@ -20,13 +28,13 @@ def median_time(function: Callable[[], object], repeats: int = 5) -> float:
 
 
 def paired_summary(
-    rounds: list[dict], names: list[str], old: str, new: str
+    rounds: list[dict], names: list[str], old: str, new: str, label: str = ""
 ) -> dict[str, dict[str, float]]:
     """Per workload, the median times of the ``old`` and ``new`` variants and their ratio.
 
     ``rounds`` holds one ``{"times_s": {"NAME/VARIANT": seconds}}`` per round; the ratio
     is old / new per round (above 1: the new variant is faster), reported as its median,
-    minimum and maximum over the rounds. Each workload's line is printed.
+    minimum and maximum over the rounds. Each workload's line is printed, after ``label``.
     """
     summary = {}
     for name in names:
@@ -41,7 +49,29 @@ def paired_summary(
             "ratio_max": float(ratio.max()),
         }
         print(
-            f"{name}: {old} {np.median(before) * 1e3:.0f} ms, {new} "
-            f"{np.median(after) * 1e3:.0f} ms, ratio {np.median(ratio):.2f}"
+            f"{label}{name}: {old} {np.median(before) * 1e3:.1f} ms, {new} "
+            f"{np.median(after) * 1e3:.1f} ms, ratio {np.median(ratio):.2f} "
+            f"({ratio.min():.2f}-{ratio.max():.2f})"
         )
     return summary
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    """Write a benchmark's result as JSON, with the torch version and the machine added.
+
+    ``summary`` and ``raw``, where given, come last.
+
+    The file is replaced whole (written beside it, then renamed), so an interrupted
+    benchmark leaves the previous result as it was.
+    """
+    tail = ("summary", "raw")
+    record = {
+        **{key: value for key, value in result.items() if key not in tail},
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        **{key: result[key] for key in tail if key in result},
+    }
+    with atomic_write(path, "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=2)
+        handle.write("\n")
