@@ -201,6 +201,30 @@ def test_report_of_the_recorded_units_is_unchanged():
     assert tables == (RECORDED / "tables.md").read_text(encoding="utf-8")
 
 
+def test_transfer_table_gives_the_spread_and_the_seeds_behind_each_start():
+    def arm(f1: list[float]) -> dict:
+        return {
+            "seeds": list(range(len(f1))),
+            "segmentation_f1": f1,
+            "detection_f1": f1,
+            "dice": f1,
+        }
+
+    summary = {
+        "transfer": {
+            "scratch": {"0.01": arm([0.2, 0.4]), "0.1": arm([0.5, 0.7])},
+            "geodesic": {"0.01": arm([0.3]), "0.1": arm([0.6, 0.8, 1.0])},
+        }
+    }
+    lines = points_tables(summary).splitlines()
+    start = lines.index("Transfer to segmentation (test cases, last epoch)")
+    header, _, first, second = (line.split(" | ") for line in lines[start + 2 : start + 6])
+    assert header[1:3] == ["seeds", "1% masks: seg F1 / det F1 / Dice"]
+    assert first[:3] == ["| from scratch", "2", "0.30 ± 0.14 / 0.30 ± 0.14 / 0.30 ± 0.14"]
+    assert second[:3] == ["| geodesic map", "1–3", "0.30 / 0.30 / 0.30"]
+    assert second[3].startswith("0.80 ± 0.20")
+
+
 def test_unknown_method_is_named(tmp_path):
     with pytest.raises(ValueError, match="methods: got segmentation; expected some of"):
         run_points(tmp_path, quick=True, seeds=1, methods=["segmentation"], console=None)

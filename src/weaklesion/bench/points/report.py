@@ -259,15 +259,25 @@ def _certainty_table(certainty: Mapping[str, Any]) -> str | None:
 
 
 def _transfer_table(transfer: Mapping[str, Any]) -> str | None:
-    """Transfer: segmentation F1, detection F1 and Dice per start and mask fraction."""
+    """Transfer: segmentation F1, detection F1 and Dice per start and mask fraction.
+
+    The seeds column gives the number of seeds behind the start's cells (a range where
+    its mask fractions have different numbers).
+    """
     if not transfer:
         return None
     fractions = sorted({f for arms in transfer.values() for f in arms}, key=float)
-    header = ["start", *(f"{float(f):.0%} masks: seg F1 / det F1 / Dice" for f in fractions)]
+    header = [
+        "start",
+        "seeds",
+        *(f"{float(f):.0%} masks: seg F1 / det F1 / Dice" for f in fractions),
+    ]
     table = []
     for source in sorted(transfer, key=_source_order):
         arms = transfer[source]
-        cells = []
+        counts = sorted({len(arms[f]["seeds"]) for f in fractions if f in arms})
+        seeds = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+        cells = [seeds]
         for fraction in fractions:
             entry = arms.get(fraction)
             cells.append(
