@@ -365,3 +365,7 @@ def test_a_transfer_source_whose_run_was_lost_is_trained_again_the_same(quick_ru
     assert again["source_best_value"] == kept["source_best_value"]
     for key in ("segmentation_f1", "detection_f1", "dice", "mask_cases"):
         assert again[key] == kept[key]
+    # Arms fine-tuned later from the retrained source say so too.
+    arm.unlink()
+    run_points(copy, quick=True, seeds=1, methods=None, console=None)
+    assert json.loads(arm.read_text())["source_retrained"] is True

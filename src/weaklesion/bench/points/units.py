@@ -54,7 +54,7 @@ from weaklesion.data import load_dataset, write_phantom_dataset, zscore
 from weaklesion.data.truth import lesion_truth
 from weaklesion.demo import DEMO_CONFIG
 from weaklesion.inference import predict_image
-from weaklesion.io import atomic_write
+from weaklesion.io import atomic_write, write_json
 from weaklesion.metrics import hits_by_score, segmentation_scores
 from weaklesion.threads import choose_threads
 from weaklesion.training import load_config, load_run, save_config, train
@@ -311,6 +311,9 @@ def _mc_dropout_certainty(model, test: _Split, threshold: float, run, seed: int)
     }
 
 
+RETRAINED_MARK = "retrained.json"
+
+
 def _source_run(run: _Experiment, name: str, seed: int) -> dict[str, Any]:
     """Make sure a transfer source's trained run is on disk, and describe it.
 
@@ -318,18 +321,24 @@ def _source_run(run: _Experiment, name: str, seed: int) -> dict[str, Any]:
     the results). The run is then trained again from its recorded configuration, which
     is seeded; the returned record gives its best validation value beside the one the
     unit recorded, so that a reader sees whether the retrained source is the same model.
+    A retrained run folder is marked (``RETRAINED_MARK``, written before training starts),
+    so that every arm fine-tuned from it says so, not only the first.
     """
     config = run.model_config(name, seed)
     run_dir = run.run_dir(name, f"seed{seed}")
     metrics = run_dir / "metrics.json"
+    mark = run_dir / RETRAINED_MARK
     trained = metrics.exists() and (run_dir / "best.pt").exists()
     if trained:
         trained = json.loads(metrics.read_text(encoding="utf-8"))["epochs_completed"] >= (
             config.epochs
         )
-    retrained = not trained
-    if retrained:
+    if not trained:
+        if not mark.exists():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(mark, {"model": name, "seed": seed, "reason": "run folder missing"})
         train(config, run.data, run_dir, resume=True, progress=False)
+    retrained = mark.exists()
     record = json.loads(metrics.read_text(encoding="utf-8"))
     unit = unit_path(run.out, "train", name, f"seed{seed}")
     recorded = json.loads(unit.read_text(encoding="utf-8")) if unit.exists() else {}
