@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -13,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from weaklesion.io import atomic_write
+from weaklesion.io import write_json
 
 
 def median_time(function: Callable[[], object], repeats: int = 5) -> float:
@@ -72,6 +71,4 @@ def write_result(path: Path, result: dict[str, Any]) -> None:
         "cpu_count": os.cpu_count(),
         **{key: result[key] for key in tail if key in result},
     }
-    with atomic_write(path, "w", encoding="utf-8") as handle:
-        json.dump(record, handle, indent=2)
-        handle.write("\n")
+    write_json(path, record)
