@@ -14,6 +14,7 @@ import pytest
 
 from weaklesion.bench.points import (
     METHODS,
+    REFERENCE_FRACTION,
     ROWS,
     SETTINGS,
     THRESHOLDS,
@@ -81,8 +82,16 @@ def test_quick_run_writes_every_table_and_figure(quick_run):
     assert all(isinstance(json.loads(path.read_text()), dict) for path in units)
     # Every transfer arm used the same mask cases: the comparison is paired.
     transfer = [json.loads(p.read_text()) for p in units if p.name.startswith("transfer_")]
-    assert len(transfer) == 5  # scratch, two heatmap sigmas, two distance maps
-    assert len({tuple(record["mask_cases"]) for record in transfer}) == 1
+    arms = [record for record in transfer if record["mask_fraction"] != REFERENCE_FRACTION]
+    assert len(arms) == 5  # scratch, two heatmap sigmas, two distance maps
+    assert len({tuple(record["mask_cases"]) for record in arms}) == 1
+    # The reference arm trains from scratch on every training case's mask.
+    (reference,) = [record for record in transfer if record not in arms]
+    training = [case.id for case in load_dataset(out / "work" / "data").split_cases("training")]
+    assert reference["source"] == "scratch"
+    assert sorted(reference["mask_cases"]) == sorted(training)
+    assert set(arms[0]["mask_cases"]) < set(training)
+    assert "100% masks: seg F1 / det F1 / Dice" in tables
     calibration = summary["calibration"]["fitted"]
     assert calibration["n_detections"] == [sum(calibration["bins"]["count"])]
 
@@ -369,3 +378,23 @@ def test_a_transfer_source_whose_run_was_lost_is_trained_again_the_same(quick_ru
     arm.unlink()
     run_points(copy, quick=True, seeds=1, methods=None, console=None)
     assert json.loads(arm.read_text())["source_retrained"] is True
+
+
+@pytest.mark.slow
+def test_a_source_on_its_first_training_is_not_marked_retrained(quick_run, tmp_path):
+    import shutil
+
+    from weaklesion.bench.points import units
+
+    out, _ = quick_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    # No train unit and no run folder: the source has never been trained.
+    (copy / "units" / "train_euclidean_seed0.json").unlink()
+    run_dir = copy / "work" / "runs" / "euclidean_seed0"
+    shutil.rmtree(run_dir)
+    record = units._source_run(units._prepare(copy, True), "euclidean", 0)
+    assert record["source_retrained"] is False
+    assert record["source_recorded_best_value"] is None
+    assert not (run_dir / units.RETRAINED_MARK).exists()
+    assert (run_dir / "best.pt").exists() and record["source_best_value"] is not None

@@ -55,7 +55,8 @@ Transfer
     number of epochs. No validation masks are used (masks this scarce leave none to
     spare): the last epoch is evaluated on the test cases, the probability map cut at
     0.5: segmentation F1 by overlap (:func:`overlap_matches`), detection F1 (components'
-    centres of mass) and Dice.
+    centres of mass) and Dice. A reference arm per seed trains from scratch on the masks
+    of all training cases (:data:`REFERENCE_FRACTION`) and is scored the same way.
 
 Every trained model and every evaluation is one unit with its own JSON file under
 ``OUT/units`` (:func:`weaklesion.bench.common.run_unit`), written atomically once the
@@ -86,6 +87,7 @@ from weaklesion.bench.points.design import (
     METHODS,
     MODEL_CHANGES,
     MODEL_KINDS,
+    REFERENCE_FRACTION,
     ROW_LABELS,
     ROW_MODELS,
     ROWS,
@@ -125,6 +127,7 @@ __all__ = [
     "METHODS",
     "MODEL_CHANGES",
     "MODEL_KINDS",
+    "REFERENCE_FRACTION",
     "ROWS",
     "ROW_LABELS",
     "ROW_MODELS",

@@ -95,6 +95,9 @@ FIT_STOP = 0.01  # amplitude at which the Gaussian fitting stops
 CALIBRATION_BINS = 10
 CERTAINTY_FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)
 TRANSFER_SCORES = ("segmentation_f1", "detection_f1", "dice")
+# The transfer table's reference arm: a segmentation model from scratch on every training
+# case's mask, trained and scored like the arms (no validation masks, last epoch).
+REFERENCE_FRACTION = 1.0
 MAX_FP = 5.0  # upper end of the FROC area, false positives per volume
 FAUC_RESAMPLES = 1000  # bootstrap resamples of the test cases for the FAUC interval
 

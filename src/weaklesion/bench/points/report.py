@@ -27,6 +27,7 @@ from weaklesion.bench.common import (
 from weaklesion.bench.points.design import (
     CALIBRATION_BINS,
     MAX_FP,
+    REFERENCE_FRACTION,
     ROW_LABELS,
     ROWS,
     TRANSFER_SCORES,
@@ -339,19 +340,27 @@ def write_points_report(out: str | os.PathLike) -> dict[str, Any]:
             ylabel="accuracy",
             title="Accuracy of the most certain lesions",
         )
-    transfer = {
-        _source_label(source): (
-            [float(f) * 100 for f in sorted(arms, key=float)],
-            [mean_and_spread(arms[f]["segmentation_f1"])[0] for f in sorted(arms, key=float)],
-        )
-        for source, arms in sorted(summary["transfer"].items(), key=lambda s: _source_order(s[0]))
-    }
+    # The reference arm (all masks) is a number in the title, not a point on the curves,
+    # whose x axis spans the small fractions.
+    reference = f"{REFERENCE_FRACTION:g}"
+    transfer = {}
+    for source, arms in sorted(summary["transfer"].items(), key=lambda s: _source_order(s[0])):
+        fractions = sorted((f for f in arms if f != reference), key=float)
+        if fractions:
+            transfer[_source_label(source)] = (
+                [float(f) * 100 for f in fractions],
+                [mean_and_spread(arms[f]["segmentation_f1"])[0] for f in fractions],
+            )
+    title = "Transfer to segmentation"
+    scratch = summary["transfer"].get("scratch", {}).get(reference)
+    if scratch:
+        title += f" (all masks, from scratch: {mean_and_spread(scratch['segmentation_f1'])[0]:.2f})"
     if transfer:
         plot_curve(
             transfer,
             out / "transfer.png",
             xlabel="masks used (% of training cases)",
             ylabel="segmentation F1",
-            title="Transfer to segmentation",
+            title=title,
         )
     return summary

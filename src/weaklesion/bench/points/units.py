@@ -32,6 +32,7 @@ from weaklesion.bench.points.design import (
     METHODS,
     MODEL_CHANGES,
     MODEL_KINDS,
+    REFERENCE_FRACTION,
     ROW_MODELS,
     ROWS,
     SETTINGS,
@@ -322,26 +323,24 @@ def _source_run(run: _Experiment, name: str, seed: int) -> dict[str, Any]:
     is seeded; the returned record gives its best validation value beside the one the
     unit recorded, so that a reader sees whether the retrained source is the same model.
     A retrained run folder is marked (``RETRAINED_MARK``, written before training starts),
-    so that every arm fine-tuned from it says so, not only the first.
+    so that every arm fine-tuned from it says so, not only the first. A source with no
+    ``train_*`` unit yet is on its first training, which is finished and not marked.
     """
     config = run.model_config(name, seed)
     run_dir = run.run_dir(name, f"seed{seed}")
     metrics = run_dir / "metrics.json"
     mark = run_dir / RETRAINED_MARK
-    trained = metrics.exists() and (run_dir / "best.pt").exists()
-    if trained:
-        trained = json.loads(metrics.read_text(encoding="utf-8"))["epochs_completed"] >= (
-            config.epochs
-        )
+    unit = unit_path(run.out, "train", name, f"seed{seed}")
+    recorded = json.loads(unit.read_text(encoding="utf-8")) if unit.exists() else {}
+    record = json.loads(metrics.read_text(encoding="utf-8")) if metrics.exists() else {}
+    trained = (run_dir / "best.pt").exists() and record.get("epochs_completed", 0) >= config.epochs
     if not trained:
-        if not mark.exists():
+        if recorded and not mark.exists():
             run_dir.mkdir(parents=True, exist_ok=True)
             write_json(mark, {"model": name, "seed": seed, "reason": "run folder missing"})
         train(config, run.data, run_dir, resume=True, progress=False)
+        record = json.loads(metrics.read_text(encoding="utf-8"))
     retrained = mark.exists()
-    record = json.loads(metrics.read_text(encoding="utf-8"))
-    unit = unit_path(run.out, "train", name, f"seed{seed}")
-    recorded = json.loads(unit.read_text(encoding="utf-8")) if unit.exists() else {}
     return {
         "source_retrained": retrained,
         "source_best_epoch": record.get("best_epoch"),
@@ -549,6 +548,11 @@ def run_points(
                         _transfer, run, source, fraction, seed, datalist, _bind(split, "test")
                     )
                     units.append((label, task))
+        for seed in range(seeds):
+            task = _bind(
+                _transfer, run, "scratch", REFERENCE_FRACTION, seed, datalist, _bind(split, "test")
+            )
+            units.append((f"transfer scratch {REFERENCE_FRACTION:.0%} seed {seed}", task))
 
     with UnitProgress(console, len(units), "points vs masks") as progress:
         for label, task in units:
