@@ -62,9 +62,9 @@ Every trained model and every evaluation is one unit with its own JSON file unde
 ``OUT/units`` (:func:`weaklesion.bench.common.run_unit`), written atomically once the
 unit is done; a rerun reads finished units, and an interrupted training resumes from its
 ``last.pt``. Units run in this order: the models of Table 1 and their evaluations seed by
-seed (Table 2 comes from the same evaluations), then the transfer sources and arms. The
-report (``OUT/tables.md``, ``OUT/summary.json`` and the figures) is computed from the unit
-files alone and rewritten after every evaluation.
+seed (Table 2 comes from the same evaluations), then the transfer sources, the arms and
+the reference arms. The report (``OUT/tables.md``, ``OUT/summary.json`` and the
+figures) is computed from the unit files alone and rewritten after every evaluation.
 
 One module per idea: :mod:`~weaklesion.bench.points.design` (rows, models and sizes),
 :mod:`~weaklesion.bench.points.scores` (detectors, thresholds, calibration and
