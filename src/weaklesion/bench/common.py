@@ -135,17 +135,20 @@ def check_settings(out: str | os.PathLike, settings: Mapping[str, Any]) -> None:
             )
 
 
-def _converged(run_dir: Path, config: TrainConfig) -> bool:
+def run_finished(run_dir: Path, config: TrainConfig) -> bool:
     """Whether a run folder already holds a run that is done, read from ``metrics.json``
-    alone (so that a finished run does not load its data again): all epochs, or
-    ``patience`` epochs since the best one after ``min_epochs``."""
+    alone (so that a finished run does not load its data again): all epochs, or, where
+    the configuration has a ``patience``, that many epochs since the best one after
+    ``min_epochs``."""
     path = run_dir / "metrics.json"
     if not path.exists():
         return False
     record = json.loads(path.read_text(encoding="utf-8"))
     completed = int(record["epochs_completed"])
+    if completed >= config.epochs:
+        return True
     stale = completed - int(record.get("best_epoch") or 0)
-    return completed >= config.epochs or (
+    return config.patience is not None and (
         completed >= config.min_epochs and stale >= config.patience
     )
 
@@ -198,7 +201,7 @@ def train_with_early_stopping(
         raise ValueError(f"patience: got {patience!r}; expected a number of epochs >= 1")
     config = dataclasses.replace(config, patience=patience, min_epochs=min_epochs)
     run_dir = Path(run_dir)
-    if not _converged(run_dir, config):
+    if not run_finished(run_dir, config):
         train(config, data_root, run_dir, resume=True, progress=progress, on_epoch_end=on_epoch)
     record = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]

@@ -25,7 +25,14 @@ import numpy as np
 from rich.console import Console
 from scipy import ndimage
 
-from weaklesion.bench.common import UnitProgress, check_settings, machine, run_unit, unit_path
+from weaklesion.bench.common import (
+    UnitProgress,
+    check_settings,
+    machine,
+    run_finished,
+    run_unit,
+    unit_path,
+)
 from weaklesion.bench.points.design import (
     DATA_SEED,
     MC_DROPOUT,
@@ -332,14 +339,12 @@ def _source_run(run: _Experiment, name: str, seed: int) -> dict[str, Any]:
     mark = run_dir / RETRAINED_MARK
     unit = unit_path(run.out, "train", name, f"seed{seed}")
     recorded = json.loads(unit.read_text(encoding="utf-8")) if unit.exists() else {}
-    record = json.loads(metrics.read_text(encoding="utf-8")) if metrics.exists() else {}
-    trained = (run_dir / "best.pt").exists() and record.get("epochs_completed", 0) >= config.epochs
-    if not trained:
+    if not ((run_dir / "best.pt").exists() and run_finished(run_dir, config)):
         if recorded and not mark.exists():
             run_dir.mkdir(parents=True, exist_ok=True)
             write_json(mark, {"model": name, "seed": seed, "reason": "run folder missing"})
         train(config, run.data, run_dir, resume=True, progress=False)
-        record = json.loads(metrics.read_text(encoding="utf-8"))
+    record = json.loads(metrics.read_text(encoding="utf-8"))
     retrained = mark.exists()
     return {
         "source_retrained": retrained,
